@@ -1,0 +1,227 @@
+"""Data contracts: every Parquet file the workflow writes has a fixed schema.
+
+The schema is asserted on write and on read, so a stage never silently
+consumes a file of the wrong shape. Embedding matrices (features) have a
+dimension that depends on the encoder, so they get their own helpers
+(:func:`write_features`, :func:`read_features`) that check the column types
+and that every value is finite.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+# results/data/{dataset}/items.parquet: one row per item, item_idx dense 0..N-1.
+ITEMS = pa.schema(
+    [
+        pa.field("item_idx", pa.int32(), nullable=False),
+        pa.field("item_id", pa.string(), nullable=False),  # the raw id (asin, movie id)
+        pa.field("text", pa.string(), nullable=False),  # the configured text fields, joined
+        pa.field("image_url", pa.string()),  # first image from metadata; null if none
+    ]
+)
+
+# results/data/{dataset}/users.parquet: user_idx dense 0..U-1.
+USERS = pa.schema(
+    [
+        pa.field("user_idx", pa.int32(), nullable=False),
+        pa.field("user_id", pa.string(), nullable=False),
+    ]
+)
+
+# results/data/{dataset}/interactions.parquet: the filtered, split interactions.
+# position is the 0-based chronological index within the user's sequence;
+# split is "train", "valid" (second-to-last) or "test" (last).
+INTERACTIONS = pa.schema(
+    [
+        pa.field("user_idx", pa.int32(), nullable=False),
+        pa.field("item_idx", pa.int32(), nullable=False),
+        pa.field("timestamp", pa.int64(), nullable=False),
+        pa.field("position", pa.int32(), nullable=False),
+        pa.field("split", pa.string(), nullable=False),
+    ]
+)
+
+# results/data/{dataset}/images.parquet: where each item's image lives locally.
+# status is "ok", "missing" (no image in metadata / no file) or "broken" (not decodable).
+IMAGES = pa.schema(
+    [
+        pa.field("item_idx", pa.int32(), nullable=False),
+        pa.field("path", pa.string()),
+        pa.field("status", pa.string(), nullable=False),
+    ]
+)
+
+# results/pseudolabels/{dataset}/{modality}.parquet: k-means cluster per item.
+PSEUDOLABELS = pa.schema(
+    [
+        pa.field("item_idx", pa.int32(), nullable=False),
+        pa.field("label", pa.int32(), nullable=False),
+    ]
+)
+
+# results/tokenize/{dataset}/{tokenizer}/quality.parquet: ID-quality figures in
+# long form. level is -1 for whole-ID metrics (collision rate, uniqueness).
+ID_QUALITY = pa.schema(
+    [
+        pa.field("metric", pa.string(), nullable=False),
+        pa.field("level", pa.int32(), nullable=False),
+        pa.field("value", pa.float64(), nullable=False),
+    ]
+)
+
+# results/evaluate/{dataset}/{model}/seed{seed}/per_user.parquet: rank of the
+# held-out item for every user and split; rank is 1-based and null when the
+# target is outside the returned top list (beam search returns max K items).
+PER_USER = pa.schema(
+    [
+        pa.field("user_idx", pa.int32(), nullable=False),
+        pa.field("split", pa.string(), nullable=False),
+        pa.field("target_item", pa.int32(), nullable=False),
+        pa.field("rank", pa.int32()),
+    ]
+)
+
+# .../metrics.parquet and anything else in long form: one row per (split, metric).
+METRICS = pa.schema(
+    [
+        pa.field("split", pa.string(), nullable=False),
+        pa.field("metric", pa.string(), nullable=False),
+        pa.field("value", pa.float64(), nullable=False),
+    ]
+)
+
+# results/train/{dataset}/{model}/seed{seed}/train_log.parquet: one row per
+# logged step; valid_ndcg10 is filled on evaluation steps only.
+TRAIN_LOG = pa.schema(
+    [
+        pa.field("epoch", pa.int32(), nullable=False),
+        pa.field("step", pa.int64(), nullable=False),
+        pa.field("loss", pa.float64(), nullable=False),
+        pa.field("valid_ndcg10", pa.float64()),
+    ]
+)
+
+
+def _check_schema(table: pa.Table, schema: pa.Schema, path: str | os.PathLike) -> None:
+    got = {f.name: f.type for f in table.schema}
+    want = {f.name: f.type for f in schema}
+    missing = [n for n in want if n not in got]
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {missing}; found {list(got)}")
+    extra = [n for n in got if n not in want]
+    if extra:
+        raise ValueError(f"{path}: unexpected column(s) {extra}; the contract has {list(want)}")
+    wrong = {n: str(got[n]) for n in want if got[n] != want[n]}
+    if wrong:
+        expected = {n: str(want[n]) for n in wrong}
+        raise ValueError(f"{path}: column type(s) {wrong} differ from the contract {expected}")
+    for field in schema:
+        if not field.nullable and table.column(field.name).null_count:
+            raise ValueError(f"{path}: column '{field.name}' has nulls; the contract forbids them")
+
+
+def write_table(df: pd.DataFrame, path: str | os.PathLike, schema: pa.Schema, metadata: dict | None = None) -> None:
+    """Write ``df`` to ``path`` after checking it against ``schema``.
+
+    The file is written to a temporary name and renamed, so a killed job
+    never leaves a half-written Parquet file behind.
+    """
+    missing = [f.name for f in schema if f.name not in df.columns]
+    if missing:
+        raise ValueError(f"{path}: frame lacks column(s) {missing}; found {list(df.columns)}")
+    table = pa.Table.from_pandas(df[[f.name for f in schema]], schema=schema, preserve_index=False)
+    _check_schema(table, schema, path)
+    if metadata:
+        meta = dict(table.schema.metadata or {})
+        meta.update({k.encode(): json.dumps(v).encode() for k, v in metadata.items()})
+        table = table.replace_schema_metadata(meta)
+    _atomic_write(table, path)
+
+
+def read_table(path: str | os.PathLike, schema: pa.Schema) -> pd.DataFrame:
+    """Read ``path`` and check it against ``schema``; returns a DataFrame."""
+    table = pq.read_table(path)
+    _check_schema(table, schema, path)
+    return table.to_pandas()
+
+
+def read_metadata(path: str | os.PathLike) -> dict:
+    """The JSON metadata written with :func:`write_table` or :func:`write_features`."""
+    raw = pq.read_schema(path).metadata or {}
+    out = {}
+    for k, v in raw.items():
+        key = k.decode()
+        if key == "pandas":
+            continue
+        try:
+            out[key] = json.loads(v)
+        except json.JSONDecodeError:
+            out[key] = v.decode()
+    return out
+
+
+def _atomic_write(table: pa.Table, path: str | os.PathLike) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
+def check_finite(matrix: np.ndarray, stage: str) -> None:
+    """Fail naming ``stage`` when ``matrix`` holds NaN or inf."""
+    bad = ~np.isfinite(matrix)
+    if bad.any():
+        rows = np.unique(np.nonzero(bad)[0])
+        raise ValueError(
+            f"{stage}: {bad.sum()} non-finite value(s) (NaN or inf) in {len(rows)} row(s), "
+            f"first rows {rows[:5].tolist()}"
+        )
+
+
+def write_features(
+    path: str | os.PathLike, item_idx: np.ndarray, matrix: np.ndarray, stage: str, metadata: dict | None = None
+) -> None:
+    """Write an item-feature matrix ``(n_items, dim)`` as Parquet.
+
+    Columns: ``item_idx`` (int32) and ``embedding`` (fixed-size list of
+    float32). ``metadata`` (model name, dimension, ...) goes into the file's
+    schema metadata. ``stage`` names the producing stage in error messages.
+    """
+    matrix = np.asarray(matrix, dtype=np.float32)
+    if matrix.ndim != 2 or len(matrix) != len(item_idx):
+        raise ValueError(f"{stage}: expected a (n_items, dim) matrix for {len(item_idx)} items, got {matrix.shape}")
+    check_finite(matrix, stage)
+    dim = matrix.shape[1]
+    emb = pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1), pa.float32()), dim)
+    table = pa.table({"item_idx": pa.array(np.asarray(item_idx, dtype=np.int32)), "embedding": emb})
+    meta = {"dim": dim, "stage": stage, **(metadata or {})}
+    table = table.replace_schema_metadata({k.encode(): json.dumps(v).encode() for k, v in meta.items()})
+    _atomic_write(table, path)
+
+
+def read_features(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """Read a feature file; returns ``(item_idx, matrix)`` with rows sorted by item_idx."""
+    table = pq.read_table(path)
+    names = table.schema.names
+    if names != ["item_idx", "embedding"]:
+        raise ValueError(f"{path}: expected columns ['item_idx', 'embedding'], found {names}")
+    if table.schema.field("item_idx").type != pa.int32() or not pa.types.is_fixed_size_list(
+        table.schema.field("embedding").type
+    ):
+        raise ValueError(f"{path}: expected item_idx int32 and embedding fixed_size_list<float>, got {table.schema}")
+    item_idx = table.column("item_idx").to_numpy()
+    col = table.column("embedding").combine_chunks()
+    dim = col.type.list_size
+    matrix = col.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, dim)
+    order = np.argsort(item_idx, kind="stable")
+    check_finite(matrix, f"reading {path}")
+    return item_idx[order], matrix[order]
