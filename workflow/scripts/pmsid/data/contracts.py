@@ -225,3 +225,100 @@ def read_features(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     order = np.argsort(item_idx, kind="stable")
     check_finite(matrix, f"reading {path}")
     return item_idx[order], matrix[order]
+
+
+# results/tokenize/{dataset}/{tokenizer}/ids.parquet: one semantic ID per item.
+# codes holds levels + 1 tokens; the last is the dedup token (TIGER) that makes
+# every full ID unique. The ID length depends on the tokenizer's config, so the
+# schema is built per file by :func:`ids_schema`.
+def ids_schema(id_length: int) -> pa.Schema:
+    """The ``ids.parquet`` schema for IDs of ``id_length`` tokens (levels + 1)."""
+    if id_length < 2:
+        raise ValueError(f"semantic IDs need at least one level plus the dedup token; got id_length={id_length}")
+    return pa.schema(
+        [
+            pa.field("item_idx", pa.int32(), nullable=False),
+            pa.field("codes", pa.list_(pa.int32(), id_length), nullable=False),
+        ]
+    )
+
+
+def _check_semantic_ids(item_idx: np.ndarray, codes: np.ndarray, path: str | os.PathLike) -> None:
+    # Beyond the column types: one row per item, tokens are vocabulary indices,
+    # and the dedup token really did make every full ID unique.
+    if len(np.unique(item_idx)) != len(item_idx):
+        raise ValueError(f"{path}: column 'item_idx' repeats items; write one semantic ID per item")
+    if codes.size and codes.min() < 0:
+        raise ValueError(
+            f"{path}: column 'codes' holds negative tokens (min {codes.min()}); tokens are codebook indices"
+        )
+    n_distinct = len(np.unique(codes, axis=0)) if len(codes) else 0
+    if n_distinct != len(codes):
+        raise ValueError(
+            f"{path}: column 'codes' has {len(codes) - n_distinct} duplicated full ID(s); "
+            "append the dedup token (pmsid.quantize.rq_kmeans.add_dedup_level) before writing"
+        )
+
+
+def write_semantic_ids(
+    path: str | os.PathLike, item_idx: np.ndarray, codes: np.ndarray, metadata: dict | None = None
+) -> None:
+    """Write semantic IDs: ``item_idx`` (N,) and ``codes`` (N, levels + 1).
+
+    Columns: ``item_idx`` (int32) and ``codes`` (fixed-size list of int32,
+    ``levels + 1`` long). Every full ID must be unique and every token
+    non-negative. ``metadata`` (levels, codebook size, seed, ...) goes into the
+    file's schema metadata next to ``id_length``.
+    """
+    item_idx = np.asarray(item_idx)
+    codes = np.asarray(codes)
+    if codes.ndim != 2 or len(codes) != len(item_idx):
+        raise ValueError(
+            f"{path}: column 'codes' must be an (n_items, levels + 1) matrix for {len(item_idx)} items, got {codes.shape}"
+        )
+    if not np.issubdtype(codes.dtype, np.integer):
+        raise ValueError(f"{path}: column 'codes' must hold integer tokens, got dtype {codes.dtype}")
+    if codes.size and codes.max() > np.iinfo(np.int32).max:
+        raise ValueError(f"{path}: column 'codes' has a token {codes.max()} beyond int32")
+    _check_semantic_ids(item_idx, codes, path)
+    id_length = codes.shape[1]
+    schema = ids_schema(id_length)
+    flat = pa.array(codes.astype(np.int32).reshape(-1), pa.int32())
+    table = pa.table(
+        {
+            "item_idx": pa.array(item_idx.astype(np.int32), pa.int32()),
+            "codes": pa.FixedSizeListArray.from_arrays(flat, id_length),
+        }
+    ).cast(schema)
+    _check_schema(table, schema, path)
+    meta = {"id_length": id_length, **(metadata or {})}
+    table = table.replace_schema_metadata({k.encode(): json.dumps(v).encode() for k, v in meta.items()})
+    _atomic_write(table, path)
+
+
+def read_semantic_ids(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """Read an ids file; returns ``(item_idx, codes)`` sorted by item_idx.
+
+    ``item_idx`` is int32 (N,), ``codes`` int64 (N, levels + 1). The schema and
+    the uniqueness of every full ID are checked; metadata is available through
+    :func:`read_metadata`.
+    """
+    table = pq.read_table(path)
+    names = table.schema.names
+    if "codes" not in names:
+        raise ValueError(f"{path}: missing column(s) ['codes']; found {names}")
+    codes_type = table.schema.field("codes").type
+    if not pa.types.is_fixed_size_list(codes_type):
+        raise ValueError(
+            f"{path}: column 'codes' must be a fixed-size list of int32 (levels + 1 long), got {codes_type}; "
+            "write it with write_semantic_ids"
+        )
+    _check_schema(table, ids_schema(codes_type.list_size), path)
+    col = table.column("codes").combine_chunks()
+    if col.flatten().null_count:
+        raise ValueError(f"{path}: column 'codes' has null tokens; the contract forbids them")
+    item_idx = table.column("item_idx").to_numpy()
+    codes = col.flatten().to_numpy(zero_copy_only=False).astype(np.int64).reshape(-1, codes_type.list_size)
+    _check_semantic_ids(item_idx, codes, path)
+    order = np.argsort(item_idx, kind="stable")
+    return item_idx[order], codes[order]

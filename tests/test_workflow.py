@@ -1,0 +1,94 @@
+"""The whole workflow on a tiny configuration, in a temporary directory
+(RELIABILITY.md 2, 11, 12): every stage runs for real, the report holds both
+models for both datasets, a rerun has nothing to do, and a changed parameter
+or module reruns exactly what depends on it."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import REPO, run_snakemake
+
+DEFAULT = REPO / "config" / "config.yaml"
+TINY = REPO / "tests" / "configs" / "tiny.yaml"
+
+
+def write_ml100k_slice(directory: Path, n_users: int = 120) -> None:
+    """The first ``n_users`` users of the real MovieLens-100K shipped in recbole."""
+    spec = importlib.util.find_spec("recbole")
+    source = Path(list(spec.submodule_search_locations)[0]) / "dataset_example" / "ml-100k"
+    directory.mkdir(parents=True)
+    lines = (source / "ml-100k.inter").read_text().splitlines()
+    header, rows = lines[0], lines[1:]
+    keep = [r for r in rows if int(r.split("\t")[0]) <= n_users]
+    (directory / "ml-100k.inter").write_text("\n".join([header, *keep]) + "\n")
+    (directory / "ml-100k.item").write_text((source / "ml-100k.item").read_text())
+
+
+def jobs_in_dry_run(output: str) -> set[str]:
+    return set(re.findall(r"^rule (\w+):", output, flags=re.MULTILINE))
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("workflow")
+    write_ml100k_slice(workdir / "resources" / "ml-100k-tiny")
+    result = run_snakemake(workdir, "--cores", "2", "--configfile", str(DEFAULT), str(TINY))
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-6000:]
+    return workdir
+
+
+@pytest.mark.slow
+def test_report_holds_both_models_for_both_datasets(finished_run):
+    report = finished_run / "results" / "report"
+    for name in ["README.md", "main_comparison.csv", "main_comparison.md", "main_comparison.tex",
+                 "id_quality.csv", "codebook_utilization.png", "training_curves.png"]:
+        assert (report / name).stat().st_size > 0, name
+    main = pd.read_csv(report / "main_comparison.csv")
+    pairs = set(zip(main["dataset"], main["model"]))
+    assert pairs == {(d, m) for d in ["ml-100k-tiny", "synthetic"] for m in ["tiger", "sasrec"]}
+    quality = pd.read_csv(report / "id_quality.csv")
+    assert set(quality["dataset"]) == {"ml-100k-tiny", "synthetic"}
+    for dataset in ["ml-100k-tiny", "synthetic"]:
+        for modality in (["text"] if dataset != "synthetic" else ["text", "image"]):
+            assert (finished_run / "results" / "pseudolabels" / dataset / f"{modality}.parquet").exists()
+    assert (finished_run / "logs" / "train_tiger" / "synthetic_seed0.log").read_text().strip()
+
+
+@pytest.mark.slow
+def test_rerun_after_success_has_nothing_to_do(finished_run):
+    result = run_snakemake(finished_run, "-n", "--configfile", str(DEFAULT), str(TINY))
+    assert result.returncode == 0
+    assert "Nothing to be done" in result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_changed_parameter_reruns_only_downstream(finished_run, tmp_path):
+    override = tmp_path / "lr.yaml"
+    override.write_text("tiger:\n  lr: 0.002\n")
+    result = run_snakemake(finished_run, "-n", "--configfile", str(DEFAULT), str(TINY), str(override))
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = jobs_in_dry_run(result.stdout)
+    assert {"train_tiger", "evaluate_tiger", "report"} <= jobs
+    assert not jobs & {"prepare_dataset", "text_features", "image_features", "rqkmeans_ids", "train_sasrec"}
+
+
+@pytest.mark.slow
+def test_changed_module_reruns_only_its_rules(finished_run):
+    module = REPO / "workflow" / "scripts" / "pmsid" / "quantize" / "rq_kmeans.py"
+    before = module.stat()
+    try:
+        os.utime(module, (before.st_atime, before.st_mtime + 3600))
+        result = run_snakemake(finished_run, "-n", "--configfile", str(DEFAULT), str(TINY))
+    finally:
+        os.utime(module, (before.st_atime, before.st_mtime))
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = jobs_in_dry_run(result.stdout)
+    assert {"rqkmeans_ids", "train_tiger"} <= jobs
+    assert not jobs & {"prepare_dataset", "text_features", "image_features", "train_sasrec"}

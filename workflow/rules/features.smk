@@ -1,0 +1,48 @@
+# Stages 2-3: per-modality item features, one Parquet file per modality.
+
+
+rule text_features:
+    input:
+        catalogue=rules.prepare_dataset.output.catalogue,
+        code=get_package_sources("features"),
+    output:
+        features="results/features/{dataset}/text.parquet",
+    log:
+        "logs/text_features/{dataset}.log",
+    benchmark:
+        "benchmarks/text_features/{dataset}.tsv"
+    conda:
+        "../../envs/features.yaml"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    params:
+        text=config["features"]["text"],
+        device=config["features"]["device"],
+    script:
+        "../scripts/text_features.py"
+
+
+rule image_features:
+    input:
+        catalogue=rules.prepare_dataset.output.catalogue,
+        images=rules.resolve_images.output.images,
+        code=get_package_sources("features"),
+    output:
+        features="results/features/{dataset}/image.parquet",
+    log:
+        "logs/image_features/{dataset}.log",
+    benchmark:
+        "benchmarks/image_features/{dataset}.tsv"
+    conda:
+        "../../envs/features.yaml"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=120,
+    params:
+        image=config["features"]["image"],
+        device=config["features"]["device"],
+    script:
+        "../scripts/image_features.py"

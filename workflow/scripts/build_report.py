@@ -1,0 +1,19 @@
+"""Rule report: tables and figures of every run."""
+
+from pmsid.logs import setup_logging
+
+setup_logging(snakemake.log[0])
+
+from pathlib import Path  # noqa: E402
+
+from pmsid.report.build import build_report  # noqa: E402
+
+build_report(
+    metrics_paths=list(snakemake.input.metrics),
+    per_user_paths=list(snakemake.input.per_user),
+    quality_paths=list(snakemake.input.quality),
+    train_log_paths=list(snakemake.input.train_logs),
+    out_dir=Path(snakemake.output.index).parent,
+    exclude_history=snakemake.params.exclude_history,
+    baseline_model=snakemake.params.baseline,
+)
