@@ -1,0 +1,126 @@
+"""Build the whole report: tables in three formats, figures, and a README index.
+
+:func:`build_report` is the one function the ``report`` rule's script calls.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from pmsid.report import figures, tables
+
+log = logging.getLogger(__name__)
+
+
+def build_report(
+    metrics_paths: list[str],
+    per_user_paths: list[str],
+    quality_paths: list[str],
+    train_log_paths: list[str],
+    out_dir: str | os.PathLike,
+    exclude_history: bool,
+    baseline_model: str = "sasrec",
+    metrics: list[str] = tables.DEFAULT_METRICS,
+    significance_metric: str = "NDCG@10",
+    alpha: float = 0.05,
+) -> list[str]:
+    """Write every table and figure of the report into ``out_dir``; returns the written paths.
+
+    Writes ``main_comparison``, ``significance`` and ``id_quality`` as
+    ``.csv/.md/.tex``, the figures ``codebook_utilization.png``,
+    ``training_curves.png`` and ``metric_comparison.png``, and ``README.md``,
+    which embeds the Markdown tables and links the figures.
+
+    ``exclude_history`` states whether the evaluation removed the user's
+    history items from the ranking; it goes into the main table's caption and
+    must agree with every metrics file that records it.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[str] = []
+
+    runs = tables.collect_runs(metrics_paths, exclude_history=exclude_history)
+    main = tables.main_table(runs, split="test", metrics=metrics)
+    main_caption = tables.main_caption(exclude_history, metrics, split="test")
+    written += tables.write_table_formats(main, out / "main_comparison", main_caption)
+
+    sig = tables.significance(per_user_paths, baseline_model, metric=significance_metric, alpha=alpha)
+    sig_caption = " ".join(
+        [
+            tables.significance_caption(baseline_model, significance_metric, alpha),
+            tables.protocol_caption(exclude_history, metrics),
+        ]
+    )
+    written += tables.write_table_formats(sig, out / "significance", sig_caption)
+
+    quality = tables.collect_quality(quality_paths)
+    id_quality = tables.id_quality_table(quality_paths)
+    written += tables.write_table_formats(id_quality, out / "id_quality", tables.ID_QUALITY_CAPTION)
+
+    figure_captions = {
+        "metric_comparison.png": (
+            "Test Recall@10 and NDCG@10 per dataset and model; bars are means over seeds, "
+            "error bars the standard deviation over seeds."
+        ),
+        "training_curves.png": (
+            "Training loss (mean per epoch) and validation NDCG@10 per epoch, one line per "
+            "dataset / model / seed, one column per dataset."
+        ),
+        "codebook_utilization.png": (
+            "Share of codes used (left) and normalized entropy of code usage (right) at each "
+            "codebook level, per dataset and tokenizer; 1 is the ideal."
+        ),
+    }
+    written.append(figures.plot_metric_comparison(runs, out / "metric_comparison.png"))
+    written.append(figures.plot_training_curves(train_log_paths, out / "training_curves.png"))
+    written.append(figures.plot_codebook_utilization(quality, out / "codebook_utilization.png"))
+
+    readme = _readme(
+        sections=[
+            ("Main comparison", "main_comparison", main_caption),
+            (f"Significance against {baseline_model}", "significance", sig_caption),
+            ("Semantic-ID quality", "id_quality", tables.ID_QUALITY_CAPTION),
+        ],
+        out=out,
+        figure_captions=figure_captions,
+        exclude_history=exclude_history,
+        metrics=metrics,
+    )
+    readme_path = out / "README.md"
+    readme_path.write_text(readme, encoding="utf-8")
+    written.append(str(readme_path))
+
+    for path in written:
+        log.info("report: wrote %s", path)
+    return [str(p) for p in written]
+
+
+def _readme(sections, out: Path, figure_captions: dict, exclude_history: bool, metrics: list[str]) -> str:
+    """The report's index: protocol, each table (embedded from its .md file), each figure."""
+    lines = [
+        "# Report",
+        "",
+        tables.protocol_caption(exclude_history, metrics),
+        "",
+        "Every table is also available as CSV (full precision) and LaTeX (needs `booktabs`).",
+        "",
+        "## Tables",
+        "",
+    ]
+    for title, stem, _caption in sections:
+        # The .md file already starts with the caption, so it is embedded as is.
+        body = (out / f"{stem}.md").read_text(encoding="utf-8").strip()
+        lines += [
+            f"### {title}",
+            "",
+            body,
+            "",
+            f"Files: [{stem}.csv]({stem}.csv), [{stem}.md]({stem}.md), [{stem}.tex]({stem}.tex)",
+            "",
+        ]
+    lines += ["## Figures", ""]
+    for name, caption in figure_captions.items():
+        lines += [f"### {name}", "", caption, "", f"![{caption}]({name})", ""]
+    return "\n".join(lines)
