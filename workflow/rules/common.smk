@@ -119,12 +119,18 @@ def get_image_dir(wildcards):
 
 
 def get_train_params(model):
-    """Hyperparameters of `model` plus the protocol keys every model needs."""
-    return {
+    """Hyperparameters of `model` plus the protocol keys every model needs
+    (validation ranks under the same protocol as the evaluation)."""
+    params = {
         **config[model],
         "history_cap": config["protocol"]["history_cap"],
+        "exclude_history": config["protocol"]["exclude_history"],
         "ks": config["evaluation"]["ks"],
+        "deterministic": config["deterministic"],
     }
+    if model == "tiger":
+        params["beam_size"] = config["evaluation"]["beam_size"]
+    return params
 
 
 def get_evaluate_inputs(model):

@@ -1,0 +1,215 @@
+"""TIGER-style encoder-decoder generator over semantic-ID tokens (THESIS.md section 3).
+
+Every item ``i`` has a semantic ID ``codes[i] = (c_0, ..., c_{D-1})``: ``D - 1``
+quantizer levels plus the dedup token. Level ``j`` uses codes ``0 .. K_j - 1``.
+
+Token vocabulary (one embedding table for encoder and decoder)::
+
+    token(level j, code c) = offset_j + c,   offset_j = K_0 + ... + K_{j-1}
+    PAD = sum_j K_j,  BOS = PAD + 1,  vocabulary size V = sum_j K_j + 2
+
+The encoder reads the user's history as ``history_cap x D`` tokens (each
+history item contributes its D tokens, in order), with learned level and
+history-position embeddings added (or, with ``encoder_tokens="item"``, one
+token per history item: the sum of its D token embeddings). The decoder generates the next item's D
+tokens left to right, teacher-forced in training with the loss
+
+    L_ID = - sum_j log p(c_j | c_<j, history)
+
+where ``p(. | ...)`` at step ``j`` is a softmax over the ``K_j`` tokens of level
+``j`` only (a token of another level can never be right there).
+
+Beam search (``pmsid.models.beam``) decodes many prefixes per user at once. It
+calls :meth:`TigerGenerator.next_logprobs` with ``G`` prefixes per user packed
+into one decoder sequence of ``G * t`` tokens and a block-diagonal causal mask,
+so the encoder memory of a user is attended by all its beams without copying
+it ``G`` times (see :func:`group_causal_mask`).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def group_causal_mask(groups: int, length: int, device: torch.device | None = None) -> torch.Tensor:
+    """Attention mask for ``groups`` independent sequences of ``length`` tokens laid end to end.
+
+    Returns a bool ``(groups * length, groups * length)`` tensor, True where
+    attention is blocked (``nn.MultiheadAttention``'s convention): a token sees
+    only earlier-or-same positions of its own group. With ``groups = 1`` this
+    is the ordinary causal mask.
+    """
+    idx = torch.arange(groups * length, device=device)
+    group, pos = idx // length, idx % length
+    other_group = group[:, None] != group[None, :]
+    future = pos[None, :] > pos[:, None]
+    return other_group | future
+
+
+class TigerGenerator(nn.Module):
+    """Encoder-decoder Transformer that generates the next item's semantic ID.
+
+    ``codes`` ``(n_items, D)`` is stored as a buffer: the model maps history
+    items to their ID tokens itself, and a saved model carries the IDs it was
+    trained on.
+    """
+
+    def __init__(
+        self,
+        codes: torch.Tensor,
+        history_cap: int,
+        d_model: int = 64,
+        n_heads: int = 4,
+        n_encoder_layers: int = 2,
+        n_decoder_layers: int = 2,
+        d_ff: int = 256,
+        dropout: float = 0.1,
+        encoder_tokens: str = "flat",
+    ):
+        super().__init__()
+        if encoder_tokens not in ("flat", "item"):
+            raise ValueError(f"encoder_tokens must be 'flat' or 'item', got {encoder_tokens!r}")
+        self.encoder_tokens = encoder_tokens
+        codes = torch.as_tensor(codes, dtype=torch.long)
+        if codes.ndim != 2 or (codes < 0).any():
+            raise ValueError(f"codes must be a non-negative (n_items, D) array, got shape {tuple(codes.shape)}")
+        self.n_items, self.n_levels = codes.shape
+        self.level_sizes = [int(k) for k in codes.max(dim=0).values + 1]  # K_j
+        self.history_cap = history_cap
+        self.d_model = d_model
+        offsets = [0]
+        for k in self.level_sizes[:-1]:
+            offsets.append(offsets[-1] + k)
+        self.pad_token = sum(self.level_sizes)
+        self.bos_token = self.pad_token + 1
+        vocab = self.pad_token + 2
+
+        self.register_buffer("codes", codes.clone())  # (n_items, D)
+        self.register_buffer("offsets", torch.tensor(offsets, dtype=torch.long))  # (D,)
+        # level_mask[j, v]: token v belongs to level j; the loss's softmax at step j runs over these.
+        level_of_token = torch.repeat_interleave(torch.arange(self.n_levels), torch.tensor(self.level_sizes))
+        level_mask = torch.zeros(self.n_levels, vocab, dtype=torch.bool)
+        level_mask[level_of_token, torch.arange(self.pad_token)] = True
+        self.register_buffer("level_mask", level_mask, persistent=False)  # (D, V)
+
+        self.tok_emb = nn.Embedding(vocab, d_model)
+        self.enc_level_emb = nn.Embedding(self.n_levels, d_model)
+        self.enc_pos_emb = nn.Embedding(history_cap, d_model)
+        self.dec_pos_emb = nn.Embedding(self.n_levels, d_model)
+        self.drop = nn.Dropout(dropout)
+        # Pre-LayerNorm blocks train stably without a long warmup; torch's
+        # layers run scaled-dot-product attention underneath.
+        enc_layer = nn.TransformerEncoderLayer(
+            d_model, n_heads, d_ff, dropout, activation="gelu", batch_first=True, norm_first=True
+        )
+        dec_layer = nn.TransformerDecoderLayer(
+            d_model, n_heads, d_ff, dropout, activation="gelu", batch_first=True, norm_first=True
+        )
+        self.encoder = nn.TransformerEncoder(
+            enc_layer, n_encoder_layers, norm=nn.LayerNorm(d_model), enable_nested_tensor=False
+        )
+        self.decoder = nn.TransformerDecoder(dec_layer, n_decoder_layers, norm=nn.LayerNorm(d_model))
+        self.head = nn.Linear(d_model, vocab, bias=False)
+        self.apply(_init_weights)
+
+    # ----------------------------------------------------------------- encoder
+    def encode(self, history: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encode left-padded histories ``(N, cap)`` of item indices (``PAD = -1``).
+
+        ``encoder_tokens = "flat"`` (TIGER): every history item contributes its
+        D tokens, so the encoder reads ``L = cap * D`` tokens. ``"item"``: the D
+        token embeddings of an item are summed into one token (``L = cap``),
+        about D^2 times cheaper in attention and D times in the rest; the model
+        still sees only semantic-ID tokens, never an item-ID embedding.
+
+        Returns ``memory (N, L, d_model)`` and its key-padding mask ``(N, L)``
+        (True = padding).
+        """
+        n, cap = history.shape
+        valid = history >= 0  # (N, cap)
+        tokens = self.codes[history.clamp(min=0)] + self.offsets  # (N, cap, D)
+        tokens = torch.where(valid[..., None], tokens, self.pad_token)
+        pos = torch.arange(cap, device=history.device)
+        lvl = torch.arange(self.n_levels, device=history.device)
+        x = self.tok_emb(tokens) + self.enc_level_emb(lvl)[None, None]  # (N, cap, D, d)
+        if self.encoder_tokens == "flat":
+            x = (x + self.enc_pos_emb(pos)[None, :, None]).flatten(1, 2)  # (N, cap * D, d)
+            pad = (~valid)[..., None].expand(n, cap, self.n_levels).flatten(1)  # (N, cap * D)
+        else:
+            x = x.sum(dim=2) + self.enc_pos_emb(pos)[None]  # (N, cap, d)
+            pad = ~valid  # (N, cap)
+        # A row with no history at all would make attention softmax over nothing
+        # (NaN); let it see its last PAD token instead (the protocol never builds
+        # such rows, but a caller might).
+        empty = pad.all(dim=1)
+        if empty.any():
+            pad = pad.clone()
+            pad[empty, -1] = False
+        memory = self.encoder(self.drop(x), src_key_padding_mask=pad)
+        return memory, pad
+
+    # ----------------------------------------------------------------- decoder
+    def decoder_hidden(self, memory: torch.Tensor, memory_pad: torch.Tensor, prefix: torch.Tensor) -> torch.Tensor:
+        """Decoder states for ``G`` ID prefixes per user.
+
+        ``prefix (N, G, t)`` holds codes (not tokens) of levels ``0..t-1``. The
+        decoder input is ``[BOS, prefix]``; returns ``(N, G, t + 1, d_model)``,
+        where position ``j`` predicts level ``j``.
+        """
+        n, g, t = prefix.shape
+        tokens = prefix + self.offsets[:t]  # (N, G, t)
+        bos = torch.full((n, g, 1), self.bos_token, dtype=torch.long, device=prefix.device)
+        tokens = torch.cat([bos, tokens], dim=-1)  # (N, G, t + 1)
+        pos = torch.arange(t + 1, device=prefix.device)
+        x = (self.tok_emb(tokens) + self.dec_pos_emb(pos)).flatten(1, 2)  # (N, G * (t + 1), d)
+        mask = group_causal_mask(g, t + 1, prefix.device)
+        h = self.decoder(self.drop(x), memory, tgt_mask=mask, memory_key_padding_mask=memory_pad)
+        return h.view(n, g, t + 1, self.d_model)
+
+    def level_logits(self, hidden: torch.Tensor, level: int) -> torch.Tensor:
+        """Logits ``(..., K_level)`` over the codes of one level, from decoder states ``(..., d)``."""
+        start = int(self.offsets[level])
+        weight = self.head.weight[start : start + self.level_sizes[level]]  # (K_level, d)
+        return F.linear(hidden, weight)
+
+    def next_logprobs(self, memory: torch.Tensor, memory_pad: torch.Tensor, prefix: torch.Tensor) -> torch.Tensor:
+        """``log p(c_t | prefix, history)`` for ``prefix (N, G, t)``; returns ``(N, G, K_t)``."""
+        h = self.decoder_hidden(memory, memory_pad, prefix)[:, :, -1]  # (N, G, d)
+        return F.log_softmax(self.level_logits(h, prefix.shape[-1]).float(), dim=-1)
+
+    # ----------------------------------------------------- training and scores
+    def full_logits(self, history: torch.Tensor, target_codes: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced logits ``(N, D, V)`` for target IDs ``(N, D)``, other levels' tokens at -inf."""
+        memory, pad = self.encode(history)
+        h = self.decoder_hidden(memory, pad, target_codes[:, None, :-1])[:, 0]  # (N, D, d)
+        logits = self.head(h).float()  # (N, D, V)
+        return logits.masked_fill(~self.level_mask, float("-inf"))
+
+    def loss(self, history: torch.Tensor, target_items: torch.Tensor) -> torch.Tensor:
+        """L_ID: mean cross-entropy over the D tokens of the target items ``(N,)``."""
+        codes = self.codes[target_items]  # (N, D)
+        logits = self.full_logits(history, codes)
+        targets = codes + self.offsets  # (N, D) vocabulary tokens
+        return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+
+    def score_ids(self, memory: torch.Tensor, memory_pad: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        """Full log-probability ``sum_j log p(c_j | c_<j)`` of one ID per row.
+
+        ``memory (N, L, d)``, ``memory_pad (N, L)``, ``codes (N, D)``; returns ``(N,)``.
+        Used by the brute-force reference ranking (each row decoded alone).
+        """
+        h = self.decoder_hidden(memory, memory_pad, codes[:, None, :-1])[:, 0]  # (N, D, d)
+        logits = self.head(h).float().masked_fill(~self.level_mask, float("-inf"))
+        logp = F.log_softmax(logits, dim=-1)  # (N, D, V)
+        tokens = codes + self.offsets
+        return logp.gather(-1, tokens[..., None]).squeeze(-1).sum(dim=-1)
+
+
+def _init_weights(module: nn.Module) -> None:
+    # Small normal init (as in GPT-2 / nanoGPT): keeps early logits near uniform.
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
