@@ -21,6 +21,13 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
 
 
+# Light jobs that run on the submitting host, not as cluster jobs.
+localrules:
+    all,
+    synthetic_dataset,
+    report,
+
+
 rule all:
     default_target: True
     input:
