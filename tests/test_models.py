@@ -1,4 +1,8 @@
-"""TIGER and SASRec end to end: learning, seeds, the non-finite-loss guard, resuming."""
+"""TIGER and SASRec end to end: learning, seeds, the non-finite-loss guard, resuming.
+
+SASRec runs in both training modes: "sasrec" is the default ``train_mode``
+"sequence" (causal windows), "sasrec-prefix" the per-prefix mode.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ import torch
 from pmsid.data import contracts
 from pmsid.data.sequences import Sequences
 from pmsid.models import api
+from pmsid.models.sasrec import SASRec
 from pmsid.train import loop
 from pmsid.train.utils import NonFiniteLossError
 
@@ -23,6 +28,7 @@ TINY = {"d_model": 32, "n_heads": 2, "d_ff": 64, "batch_size": 32, "warmup_steps
 TINY.update({"progress": False, "ks": KS, "history_cap": 6})
 TIGER_CFG = {**TINY, "n_encoder_layers": 1, "n_decoder_layers": 1, "dropout": 0.1, "beam_size": 12}
 SASREC_CFG = {**TINY, "n_layers": 1, "dropout": 0.1}
+KINDS = ["tiger", "sasrec", "sasrec-prefix"]
 
 
 def cyclic_sequences(n_users=30):
@@ -45,7 +51,8 @@ def train(kind, tmp_path, seed=0, tag="run", **overrides):
         log = api.train_tiger(seqs, grid_codes(), cfg, *paths.values(), seed, device="cpu")
         per_user, metrics = api.evaluate_tiger(paths["model.pt"], seqs, grid_codes(), KS, 12, False, "cpu")
     else:
-        cfg = {**SASREC_CFG, **overrides}
+        mode = {"train_mode": "prefix"} if kind == "sasrec-prefix" else {}
+        cfg = {**SASREC_CFG, **mode, **overrides}
         log = api.train_sasrec(seqs, cfg, *paths.values(), seed, device="cpu")
         per_user, metrics = api.evaluate_sasrec(paths["model.pt"], seqs, KS, False, "cpu")
     return log, per_user, metrics, paths
@@ -60,7 +67,7 @@ def timing_free(metrics):
     return metrics[metrics["metric"] != "beam_seconds_per_user"].reset_index(drop=True)
 
 
-@pytest.mark.parametrize("kind", ["tiger", "sasrec"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_model_learns_the_cycle_and_writes_valid_outputs(kind, tmp_path):
     log, per_user, metrics, paths = train(kind, tmp_path, max_epochs=12, patience=12)
     # Random ranking gives Recall@1 = 1/12; the rule "next = last + 1" gives 1.
@@ -80,7 +87,7 @@ def test_model_learns_the_cycle_and_writes_valid_outputs(kind, tmp_path):
     assert saved["best_valid_ndcg10"] == pytest.approx(log["valid_ndcg10"].max())
 
 
-@pytest.mark.parametrize("kind", ["tiger", "sasrec"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_same_seed_same_metrics_other_seed_different(kind, tmp_path):
     run = dict(max_epochs=2, patience=2)
     log_a, users_a, metrics_a, _ = train(kind, tmp_path, seed=0, tag="a", **run)
@@ -93,7 +100,7 @@ def test_same_seed_same_metrics_other_seed_different(kind, tmp_path):
     assert not timing_free(metrics_a).equals(timing_free(metrics_c))
 
 
-@pytest.mark.parametrize("kind", ["tiger", "sasrec"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_non_finite_loss_stops_naming_the_step_and_leaves_no_model(kind, tmp_path):
     model_path = tmp_path / "bad_model.pt"
     model_path.write_text("a stale model from an earlier run")
@@ -107,7 +114,7 @@ class Killed(Exception):
     """Stands in for SIGKILL right after a checkpoint hits the disk."""
 
 
-@pytest.mark.parametrize("kind", ["tiger", "sasrec"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_interrupted_then_resumed_run_equals_an_uninterrupted_one(kind, tmp_path, monkeypatch, caplog):
     run = dict(max_epochs=4, patience=4, deterministic=True)
     log_full, users_full, metrics_full, _ = train(kind, tmp_path, tag="full", **run)
@@ -145,3 +152,64 @@ def test_checkpoint_of_another_config_is_not_resumed(tmp_path, caplog):
 def test_unknown_cfg_key_fails_naming_it(tmp_path):
     with pytest.raises(ValueError, match="n_layer"):
         train("sasrec", tmp_path, n_layer=3)
+
+
+def test_unknown_train_mode_fails_naming_the_key(tmp_path):
+    with pytest.raises(ValueError, match="train_mode"):
+        train("sasrec", tmp_path, train_mode="windows")
+
+
+def test_default_train_mode_is_sequence():
+    assert api.SASREC_DEFAULTS["train_mode"] == "sequence"
+
+
+def tiny_sasrec(seed=0, n_items=N_ITEMS, cap=6):
+    torch.manual_seed(seed)
+    model = SASRec(n_items, history_cap=cap, d_model=16, n_heads=2, n_layers=2, d_ff=32, dropout=0.0)
+    return model.eval()
+
+
+@torch.no_grad()
+def test_causal_mask_position_sees_only_earlier_inputs():
+    model = tiny_sasrec()
+    gen = torch.Generator().manual_seed(0)
+    inputs = torch.randint(0, N_ITEMS, (4, 6), generator=gen)
+    inputs[1, :2] = -1  # left padding, as in a user's first window
+    base = model.states(inputs)
+    for k in range(6):
+        changed = inputs.clone()
+        changed[:, k] = (changed[:, k].clamp(min=0) + 5) % N_ITEMS  # another real item at position k
+        out = model.states(changed)
+        # Positions before k cannot see input k...
+        torch.testing.assert_close(out[:, :k], base[:, :k], rtol=0, atol=1e-6)
+        # ...and position k does (so the check above is not vacuous).
+        assert (out[:, k] - base[:, k]).abs().amax(dim=1).min() > 1e-4
+
+
+@torch.no_grad()
+def test_sequence_loss_at_the_last_position_equals_the_prefix_loss():
+    """A window whose only target is its last position is one per-prefix sample."""
+    model = tiny_sasrec()
+    gen = torch.Generator().manual_seed(1)
+    inputs = torch.randint(0, N_ITEMS, (5, 6), generator=gen)
+    inputs[0, :3] = -1
+    last = torch.randint(0, N_ITEMS, (5,), generator=gen)
+    targets = torch.full_like(inputs, -1)
+    targets[:, -1] = last
+    torch.testing.assert_close(model.sequence_loss(inputs, targets), model.loss(inputs, last))
+
+
+@torch.no_grad()
+def test_sequence_loss_is_the_mean_over_target_positions():
+    model = tiny_sasrec()
+    gen = torch.Generator().manual_seed(2)
+    inputs = torch.randint(0, N_ITEMS, (3, 6), generator=gen)
+    targets = torch.randint(0, N_ITEMS, (3, 6), generator=gen)
+    inputs[2, :4], targets[2, :4] = -1, -1  # a padded window: 2 targets of 14
+    states = model.states(inputs)
+    per_position = []
+    for n, j in zip(*torch.nonzero(targets >= 0, as_tuple=True)):
+        logits = states[n, j] @ model.item_emb.weight[:N_ITEMS].T
+        per_position.append(torch.nn.functional.cross_entropy(logits[None], targets[n, j][None]))
+    assert len(per_position) == 14
+    torch.testing.assert_close(model.sequence_loss(inputs, targets), torch.stack(per_position).mean())

@@ -5,7 +5,7 @@ rule train_sasrec:
     input:
         interactions=rules.prepare_dataset.output.interactions,
         catalogue=rules.prepare_dataset.output.catalogue,
-        code=get_package_sources("models", "train", "evaluate"),
+        code=get_package_sources("models", "train", "evaluate", "data/sequences.py"),
     output:
         model="results/train/{dataset}/sasrec/seed{seed}/model.pt",
         log="results/train/{dataset}/sasrec/seed{seed}/train_log.parquet",

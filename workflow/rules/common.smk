@@ -65,16 +65,21 @@ def is_amazon2018(dataset):
 
 
 def get_package_sources(*subpackages):
-    """The package modules a rule's code depends on, declared as inputs so that
+    """The package modules a rule's code depends on (sub-packages or single
+    files relative to the package), declared as inputs so that
     a change to them reruns the rule (Snakemake tracks script changes itself,
     not changes to the modules a script imports)."""
     files = [
         PACKAGE / "__init__.py",
         PACKAGE / "logs.py",
+        PACKAGE / "stages.py",
         PACKAGE / "data" / "contracts.py",
     ]
     for sub in subpackages:
-        files += sorted((PACKAGE / sub).glob("*.py"))
+        if sub.endswith(".py"):
+            files.append(PACKAGE / sub)
+        else:
+            files += sorted((PACKAGE / sub).glob("*.py"))
     return [str(f) for f in dict.fromkeys(files)]
 
 

@@ -5,7 +5,7 @@
 rule evaluate_tiger:
     input:
         unpack(get_evaluate_inputs("tiger")),
-        code=get_package_sources("models", "train", "evaluate"),
+        code=get_package_sources("models", "train", "evaluate", "data/sequences.py"),
     output:
         per_user="results/evaluate/{dataset}/tiger/seed{seed}/per_user.parquet",
         metrics="results/evaluate/{dataset}/tiger/seed{seed}/metrics.parquet",
@@ -27,7 +27,7 @@ rule evaluate_tiger:
 rule evaluate_sasrec:
     input:
         unpack(get_evaluate_inputs("sasrec")),
-        code=get_package_sources("models", "train", "evaluate"),
+        code=get_package_sources("models", "train", "evaluate", "data/sequences.py"),
     output:
         per_user="results/evaluate/{dataset}/sasrec/seed{seed}/per_user.parquet",
         metrics="results/evaluate/{dataset}/sasrec/seed{seed}/metrics.parquet",

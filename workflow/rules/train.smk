@@ -8,7 +8,7 @@ rule train_tiger:
         interactions=rules.prepare_dataset.output.interactions,
         catalogue=rules.prepare_dataset.output.catalogue,
         ids=rules.rqkmeans_ids.output.ids,
-        code=get_package_sources("models", "train", "evaluate"),
+        code=get_package_sources("models", "train", "evaluate", "data/sequences.py"),
     output:
         model="results/train/{dataset}/tiger/seed{seed}/model.pt",
         log="results/train/{dataset}/tiger/seed{seed}/train_log.parquet",

@@ -7,6 +7,10 @@ recent item is in the last column, and at most ``history_cap`` items are kept.
 
 - training samples: every prefix of every training sequence, i.e. for a user
   with training items ``t0 .. tn`` the pairs ``(t0 -> t1), (t0 t1 -> t2), ...``;
+- training windows: the same targets ``t1 .. tn`` packed into windows of
+  ``cap`` positions, one target per position, for models that predict at
+  every position of a causal sequence in one pass (see
+  :func:`training_windows`);
 - validation: history = all training items, target = the valid item;
 - test: history = training items + the valid item, target = the test item.
 """
@@ -70,6 +74,56 @@ def training_samples(seqs: Sequences, cap: int) -> tuple[np.ndarray, np.ndarray,
             hists.append(pad_left(train[:t], cap))
             targets.append(train[t])
     return np.asarray(users, np.int64), np.stack(hists), np.asarray(targets, np.int64)
+
+
+def training_windows(seqs: Sequences, cap: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every training target once, packed into causal windows of ``cap`` positions.
+
+    Returns ``(users (W,), inputs (W, cap), targets (W, cap))``. In a window,
+    ``targets[w, j]`` is the item that follows ``inputs[w, j]``; a model with
+    causal attention predicts ``targets[w, j]`` from ``inputs[w, :j + 1]``.
+    Windows are left-padded with ``PAD`` in both arrays (``PAD`` target = no
+    target), so the last position of every window is a real target.
+
+    A user's training items ``t0 .. tn`` are cut from the end into consecutive
+    chunks of ``cap + 1`` items that overlap by one item: the last window has
+    inputs ``t[n-cap] .. t[n-1]`` and targets ``t[n-cap+1] .. t[n]``, the one
+    before it ends with target ``t[n-cap]`` (the first input of the last one),
+    and so on; only the earliest window can be short (padded). For
+    ``t0 .. t6`` and ``cap = 3``::
+
+        inputs  [t0 t1 t2]  targets [t1 t2 t3]
+        inputs  [t3 t4 t5]  targets [t4 t5 t6]
+
+    Equivalence with :func:`training_samples`: every target ``t1 .. tn``
+    appears exactly once, as there, and the last position of each window sees
+    exactly the per-prefix history of its target (the ``cap`` most recent
+    items, right-aligned as ``pad_left`` places them). The one difference:
+    the other positions see only the items before them *within the window*,
+    so a target at position ``j`` of a window after the first has ``j + 1``
+    past items where its per-prefix sample has ``cap``. (Cutting from the end
+    keeps the most recent ``cap`` items whole in the last window, which is the
+    history the model ranks from at evaluation.) Users with one training item
+    have no target and give no window, as in :func:`training_samples`.
+    """
+    users, inputs, targets = [], [], []
+    for u, seq in enumerate(seqs.items):
+        train = np.asarray(seq[:-2], dtype=np.int64)
+        chunks = []
+        # ``end`` is one past the last target of a window; stepping back by
+        # ``cap`` makes the next (earlier) window's last target the first
+        # input of this one.
+        for end in range(len(train), 1, -cap):
+            chunk = train[max(0, end - cap - 1) : end]  # <= cap + 1 items
+            chunks.append(chunk)
+        for chunk in reversed(chunks):  # chronological order within a user
+            users.append(u)
+            inputs.append(pad_left(chunk[:-1], cap))
+            targets.append(pad_left(chunk[1:], cap))
+    if not users:
+        empty = np.zeros((0, cap), np.int64)
+        return np.zeros(0, np.int64), empty, empty.copy()
+    return np.asarray(users, np.int64), np.stack(inputs), np.stack(targets)
 
 
 def eval_samples(seqs: Sequences, split: str, cap: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -11,6 +11,20 @@ item by a dot product with the item embedding table:
 
 Histories are left-padded (``PAD = -1``, most recent item last, see
 ``pmsid.data.sequences``), so the last position is always a real item.
+
+Two training losses, one ranking rule:
+
+- :meth:`SASRec.sequence_loss` (the paper's recipe): causal windows from
+  ``pmsid.data.sequences.training_windows``; the state at every position ``j``
+  predicts the item after input ``j``, and the cross-entropy is averaged over
+  all real (non-PAD) target positions of the batch. One forward pass trains
+  ``cap`` targets per window.
+- :meth:`SASRec.loss`: one left-padded history per target, scored at the last
+  position only (``training_samples``); ``cap`` times the attention work for
+  the same targets.
+
+Either way the causal mask guarantees position ``j`` depends only on inputs
+``0 .. j``, and ranking (:meth:`SASRec.scores`) reads the last position.
 """
 
 from __future__ import annotations
@@ -60,8 +74,12 @@ class SASRec(nn.Module):
         blocked = causal | (pad[:, None, :] & ~eye)  # (N, L, L)
         return blocked.repeat_interleave(self.n_heads, dim=0)
 
-    def hidden(self, history: torch.Tensor) -> torch.Tensor:
-        """User states ``(N, d)`` from left-padded histories ``(N, L)``: the output at the last position."""
+    def states(self, history: torch.Tensor) -> torch.Tensor:
+        """States ``(N, L, d)`` at every position of left-padded histories ``(N, L)``.
+
+        The state at position ``j`` depends only on ``history[:, :j + 1]``
+        (causal mask), so it is the user state after the ``j``-th input.
+        """
         pad = history < 0
         items = torch.where(pad, self.n_items, history)
         length = history.shape[1]
@@ -69,16 +87,34 @@ class SASRec(nn.Module):
         # sqrt(d) scaling as in the SASRec paper: item embeddings dominate positions early on.
         x = self.item_emb(items) * self.d_model**0.5 + self.pos_emb(pos)  # (N, L, d)
         x = self.drop(x)
-        h = self.blocks(x, mask=self._attention_mask(pad))  # (N, L, d)
-        return h[:, -1]
+        return self.blocks(x, mask=self._attention_mask(pad))  # (N, L, d)
+
+    def hidden(self, history: torch.Tensor) -> torch.Tensor:
+        """User states ``(N, d)`` from left-padded histories ``(N, L)``: the output at the last position."""
+        return self.states(history)[:, -1]
 
     def scores(self, history: torch.Tensor) -> torch.Tensor:
         """Scores ``(N, n_items)`` of every item for each history (higher is better)."""
         return self.hidden(history) @ self.item_emb.weight[: self.n_items].T
 
     def loss(self, history: torch.Tensor, target_items: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy over the whole catalogue for targets ``(N,)``."""
+        """Cross-entropy over the whole catalogue for targets ``(N,)`` (last position only)."""
         return F.cross_entropy(self.scores(history).float(), target_items)
+
+    def sequence_loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy over the whole catalogue at every real target position.
+
+        ``inputs, targets (N, L)`` are causal windows (``targets[:, j]`` follows
+        ``inputs[:, j]``; ``PAD = -1`` marks positions without a target). The
+        mean is over the batch's target positions, not its windows, so within a
+        batch a target in a short (padded) window weighs as much as any other.
+        """
+        real = targets >= 0  # (N, L)
+        # Score only the positions that have a target: padding would cost a
+        # full catalogue of logits each and contribute nothing.
+        h = self.states(inputs)[real]  # (M, d)
+        logits = h @ self.item_emb.weight[: self.n_items].T  # (M, n_items)
+        return F.cross_entropy(logits.float(), targets[real])
 
 
 def _init_weights(module: nn.Module) -> None:
