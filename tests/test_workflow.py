@@ -93,3 +93,11 @@ def test_changed_module_reruns_only_its_rules(finished_run):
     jobs = jobs_in_dry_run(result.stdout)
     assert {"rqkmeans_ids", "train_tiger"} <= jobs
     assert not jobs & {"prepare_dataset", "text_features", "image_features", "train_sasrec"}
+
+
+@pytest.mark.slow
+def test_html_report_builds_with_captions(finished_run):
+    result = run_snakemake(finished_run, "--report", "report.html", "--configfile", str(DEFAULT), str(TINY))
+    assert result.returncode == 0, result.stderr[-3000:]
+    html = (finished_run / "report.html").read_text(errors="replace")
+    assert "Codebook utilization" in html and "Main comparison on the test split" in html

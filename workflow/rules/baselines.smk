@@ -17,8 +17,8 @@ rule train_sasrec:
         "../../envs/train.yaml"
     threads: 2
     resources:
-        mem_mb=8000,
-        runtime=240,
+        mem="8GB",
+        runtime="4h",
     params:
         model=get_train_params("sasrec"),
         checkpoint="results/checkpoints/{dataset}/sasrec/seed{seed}/last.pt",

@@ -15,8 +15,8 @@ rule text_features:
         "../../envs/features.yaml"
     threads: 2
     resources:
-        mem_mb=4000,
-        runtime=60,
+        mem="4GB",
+        runtime="1h",
     params:
         text=config["features"]["text"],
         device=config["features"]["device"],
@@ -39,8 +39,8 @@ rule image_features:
         "../../envs/features.yaml"
     threads: 2
     resources:
-        mem_mb=4000,
-        runtime=120,
+        mem="4GB",
+        runtime="2h",
     params:
         image=config["features"]["image"],
         device=config["features"]["device"],

@@ -20,8 +20,8 @@ rule train_tiger:
         "../../envs/train.yaml"
     threads: 2
     resources:
-        mem_mb=8000,
-        runtime=240,
+        mem="8GB",
+        runtime="4h",
     params:
         model=get_train_params("tiger"),
         checkpoint="results/checkpoints/{dataset}/tiger/seed{seed}/last.pt",
