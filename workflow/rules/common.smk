@@ -46,7 +46,7 @@ _check_config()
 
 wildcard_constraints:
     dataset="|".join(config["datasets"]),
-    modality="text|image",
+    modality="text|image|behaviour",
     seed=r"\d+",
 
 

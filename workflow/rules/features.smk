@@ -46,3 +46,22 @@ rule image_features:
         device=config["features"]["device"],
     script:
         "../scripts/image_features.py"
+
+
+rule behaviour_features:
+    input:
+        interactions=rules.prepare_dataset.output.interactions,
+        catalogue=rules.prepare_dataset.output.catalogue,
+        code=get_package_sources("features"),
+    output:
+        features="results/features/{dataset}/behaviour.parquet",
+    log:
+        "logs/behaviour_features/{dataset}.log",
+    benchmark:
+        "benchmarks/behaviour_features/{dataset}.tsv"
+    conda:
+        "../../envs/tokenize.yaml"
+    params:
+        behaviour=config["features"]["behaviour"],
+    script:
+        "../scripts/behaviour_features.py"

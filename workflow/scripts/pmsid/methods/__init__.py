@@ -1,0 +1,1 @@
+"""The thesis's methods: PMAT (``pmat``), later MCRL and HDNAG."""
