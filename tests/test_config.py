@@ -56,6 +56,24 @@ def test_omitted_optional_keys_take_documented_defaults():
         ({"evaluation": {"beam_size": 5}}, "evaluation.beam_size (5) must be >= max(evaluation.ks)"),
         # a dataset without a spec
         ({"datasets": ["nope"]}, "datasets lists 'nope' but dataset_specs has no entry"),
+        # PMAT: a fusion weight for a modality the dataset lacks
+        (
+            {"dataset_specs": {"ml-100k": {"reader": "ml100k", "text_fields": ["title"],
+                                           "modalities": ["text", "behaviour"],
+                                           "modality_weights": {"text": 1.0, "image": 1.0}}}},
+            "dataset_specs.ml-100k.modality_weights.image: 'image' is not a modality of ml-100k",
+        ),
+        # PMAT: more prototypes than the synthetic generator has users
+        ({"pmat": {"prototypes": 601}}, "pmat.prototypes (601) exceeds the 600 users of 'synthetic'"),
+        # PMAT: the short-term window longer than the history a model sees
+        ({"pmat": {"window": 21}}, "pmat.window (21) exceeds protocol.history_cap (20)"),
+        # PMAT: one modality has nothing to weigh
+        (
+            {"dataset_specs": {"ml-100k": {"reader": "ml100k", "text_fields": ["title"], "modalities": ["text"]}}},
+            "pmat.datasets lists 'ml-100k', but dataset_specs.ml-100k.modalities is ['text']",
+        ),
+        # PMAT: a dataset that is not run
+        ({"datasets": ["synthetic"]}, "pmat.datasets lists 'ml-100k', which is not in datasets"),
     ],
 )
 def test_bad_config_fails_at_parse_time_naming_the_key(tmp_path, override, expected):
@@ -87,7 +105,8 @@ def test_default_dag_builds_and_lint_is_clean(tmp_path):
     result = run_snakemake(tmp_path, "-n", "--configfile", str(DEFAULT), timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     for rule in ["synthetic_dataset", "prepare_dataset", "text_features", "image_features", "pseudolabels",
-                 "rqkmeans_ids", "train_tiger", "train_sasrec", "evaluate_tiger", "evaluate_sasrec", "report"]:
+                 "rqkmeans_ids", "train_tiger", "train_sasrec", "evaluate_tiger", "evaluate_sasrec", "report",
+                 "behaviour_features", "pmat_attention", "pmat_ids", "pmat_replay", "train_pmat", "evaluate_pmat"]:
         assert rule in result.stdout, f"rule {rule} missing from the default DAG"
     lint = run_snakemake(tmp_path, "--lint", "--configfile", str(DEFAULT), timeout=300)
     assert lint.returncode == 0, lint.stdout[-3000:] + lint.stderr[-3000:]

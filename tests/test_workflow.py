@@ -51,7 +51,8 @@ def test_report_holds_both_models_for_both_datasets(finished_run):
         assert (report / name).stat().st_size > 0, name
     main = pd.read_csv(report / "main_comparison.csv")
     pairs = set(zip(main["dataset"], main["model"]))
-    assert pairs == {(d, m) for d in ["ml-100k-tiny", "synthetic"] for m in ["tiger", "sasrec"]}
+    models = ["tiger", "sasrec", "pmat_global", "pmat_static", "pmat_full"]
+    assert pairs == {(d, m) for d in ["ml-100k-tiny", "synthetic"] for m in models}
     quality = pd.read_csv(report / "id_quality.csv")
     assert set(quality["dataset"]) == {"ml-100k-tiny", "synthetic"}
     for dataset in ["ml-100k-tiny", "synthetic"]:

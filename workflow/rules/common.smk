@@ -2,6 +2,7 @@
 # lives here.
 
 import importlib.util
+import json
 from pathlib import Path
 
 from snakemake.utils import validate
@@ -33,6 +34,18 @@ def _check_config():
                     raise ValueError(
                         f"config: dataset_specs.{name}.{key} is for reader amazon2018, not ml100k"
                     )
+        weights = spec.get("modality_weights") or {}
+        for modality in weights:
+            if modality not in spec["modalities"]:
+                raise ValueError(
+                    f"config: dataset_specs.{name}.modality_weights.{modality}: '{modality}' is not a "
+                    f"modality of {name}; its modalities are {spec['modalities']}"
+                )
+        if weights and not any(weights.values()):
+            raise ValueError(
+                f"config: dataset_specs.{name}.modality_weights are all zero"
+            )
+    _check_pmat()
     ks = config["evaluation"]["ks"]
     if config["evaluation"]["beam_size"] < max(ks):
         raise ValueError(
@@ -41,6 +54,46 @@ def _check_config():
         )
 
 
+def _known_user_count(name):
+    """Users of a dataset when knowable before any job runs: its stats.json
+    from an earlier run, or the synthetic generator's user count (an upper
+    bound). None otherwise (the pmat_ids job checks then)."""
+    stats = Path(f"results/data/{name}/stats.json")
+    if stats.exists():
+        return json.loads(stats.read_text())["n_users"]
+    if config["dataset_specs"][name].get("reviews") == SYNTHETIC_REVIEWS:
+        return config["synthetic"]["n_users"]
+    return None
+
+
+def _check_pmat():
+    pmat = config["pmat"]
+    for name in pmat["datasets"]:
+        if name not in config["datasets"]:
+            raise ValueError(
+                f"config: pmat.datasets lists '{name}', which is not in datasets {config['datasets']}; add it there or remove it from pmat.datasets"
+            )
+        modalities = config["dataset_specs"][name]["modalities"]
+        if len(modalities) < 2:
+            raise ValueError(
+                f"config: pmat.datasets lists '{name}', but dataset_specs.{name}.modalities is {modalities}; "
+                "PMAT weighs modalities per user and needs at least two (e.g. add behaviour)"
+            )
+        users = _known_user_count(name)
+        if users is not None and pmat["prototypes"] > users:
+            raise ValueError(
+                f"config: pmat.prototypes ({pmat['prototypes']}) exceeds the {users} users of '{name}'; "
+                "every prototype needs users"
+            )
+    cap = config["protocol"]["history_cap"]
+    if pmat["window"] > cap:
+        raise ValueError(
+            f"config: pmat.window ({pmat['window']}) exceeds protocol.history_cap ({cap}): the short-term "
+            f"window must fit in the history a model sees; set pmat.window <= {cap}"
+        )
+
+
+SYNTHETIC_REVIEWS = "resources/synthetic/Synthetic_5.json.gz"
 _check_config()
 
 
@@ -48,6 +101,8 @@ wildcard_constraints:
     dataset="|".join(config["datasets"]),
     modality="text|image|behaviour",
     seed=r"\d+",
+    variant="global|personalized",
+    ablation="global|static|full",
 
 
 def get_spec(dataset):
@@ -119,6 +174,16 @@ def get_feature_paths(wildcards):
     ]
 
 
+def get_fusion_weights(wildcards):
+    """dataset_specs.<name>.modality_weights in modality order (missing = 0),
+    or None for equal weights."""
+    spec = get_spec(wildcards.dataset)
+    weights = spec.get("modality_weights")
+    if not weights:
+        return None
+    return [float(weights.get(m, 0.0)) for m in spec["modalities"]]
+
+
 def get_image_dir(wildcards):
     return f"resources/images/{wildcards.dataset}"
 
@@ -153,15 +218,101 @@ def get_evaluate_inputs(model):
 
 
 def get_runs(kind):
-    """Paths of one file kind for every (dataset, model, seed) run."""
+    """Paths of one file kind for every (dataset, model, seed) run, PMAT's
+    included (its generators for train logs, its ablations otherwise)."""
     patterns = {
         "metrics": "results/evaluate/{dataset}/{model}/seed{seed}/metrics.parquet",
         "per_user": "results/evaluate/{dataset}/{model}/seed{seed}/per_user.parquet",
         "train_log": "results/train/{dataset}/{model}/seed{seed}/train_log.parquet",
     }
-    return expand(
+    pmat_models = PMAT_GENERATORS if kind == "train_log" else PMAT_ABLATIONS
+    paths = expand(
         patterns[kind], dataset=config["datasets"], model=MODELS, seed=config["seeds"]
     )
+    paths += expand(
+        patterns[kind],
+        dataset=config["pmat"]["datasets"],
+        model=pmat_models,
+        seed=config["seeds"],
+    )
+    return paths
+
+
+PMAT_GENERATORS = ["pmat_global", "pmat_personalized"]
+PMAT_ABLATIONS = ["pmat_global", "pmat_static", "pmat_full"]
+
+
+def get_pmat_files(kind):
+    """PMAT's per-(dataset, seed) files the report reads."""
+    patterns = {
+        "weights": "results/pmat/{dataset}/seed{seed}/weights.parquet",
+        "preference": "results/pmat/{dataset}/seed{seed}/preference.json",
+        "replay": "results/pmat/{dataset}/seed{seed}/replay/summary.json",
+        "quality": "results/tokenize/{dataset}/pmat_{variant}/seed{seed}/quality.parquet",
+    }
+    return expand(
+        patterns[kind],
+        dataset=config["pmat"]["datasets"],
+        seed=config["seeds"],
+        variant=["global", "personalized"],
+    )
+
+
+def get_pmat_report_outputs():
+    """The report's PMAT tables and figures (none when no dataset runs PMAT)."""
+    if not config["pmat"]["datasets"]:
+        return {}
+    outputs = {}
+    for stem in ["pmat_ablation", "pmat_updates", "pmat_preference", "pmat_id_quality"]:
+        outputs[f"{stem}_csv"] = report(
+            f"results/report/{stem}.csv",
+            caption=f"../report/{stem}.rst",
+            category="PMAT",
+        )
+        outputs[f"{stem}_md"] = f"results/report/{stem}.md"
+        outputs[f"{stem}_tex"] = f"results/report/{stem}.tex"
+    for stem in ["pmat_weights", "pmat_semantic_consistency"]:
+        outputs[stem] = report(
+            f"results/report/{stem}.png",
+            caption=f"../report/{stem}.rst",
+            category="PMAT",
+        )
+    return outputs
+
+
+def get_pmat_attention_params():
+    """The preference network's cfg: config pmat.attention plus the protocol's cap."""
+    return {
+        **config["pmat"]["attention"],
+        "history_cap": config["protocol"]["history_cap"],
+    }
+
+
+def get_truth_input(wildcards):
+    """The planted-preference table of the dataset, if it has one."""
+    truth = get_spec(wildcards.dataset).get("truth_users")
+    return {"truth": truth} if truth else {}
+
+
+def get_pmat_evaluate_inputs(wildcards):
+    """Generator, ID tables and the per-split table of every user for one
+    PMAT ablation: global and static use the tokenizer's assignment (no
+    updates), full the replay's."""
+    generator = "global" if wildcards.ablation == "global" else "personalized"
+    tokens = (
+        f"results/tokenize/{wildcards.dataset}/pmat_{generator}/seed{wildcards.seed}"
+    )
+    if wildcards.ablation == "full":
+        assignment = f"results/pmat/{wildcards.dataset}/seed{wildcards.seed}/replay/assignment.parquet"
+    else:
+        assignment = f"{tokens}/assignment.parquet"
+    return {
+        "interactions": f"results/data/{wildcards.dataset}/interactions.parquet",
+        "catalogue": f"results/data/{wildcards.dataset}/items.parquet",
+        "model": f"results/train/{wildcards.dataset}/pmat_{generator}/seed{wildcards.seed}/model.pt",
+        "ids": f"{tokens}/ids.parquet",
+        "assignment": assignment,
+    }
 
 
 def get_quality_files():

@@ -8,8 +8,13 @@ rule report:
         per_user=get_runs("per_user"),
         train_logs=get_runs("train_log"),
         quality=get_quality_files(),
+        pmat_weights=get_pmat_files("weights"),
+        pmat_preference=get_pmat_files("preference"),
+        pmat_replay=get_pmat_files("replay"),
+        pmat_quality=get_pmat_files("quality"),
         code=get_package_sources("report", "evaluate"),
     output:
+        **get_pmat_report_outputs(),
         index="results/report/README.md",
         main_csv=report(
             "results/report/main_comparison.csv",

@@ -18,5 +18,6 @@ rule rqkmeans_ids:
     threads: 2
     params:
         tokenizer=config["tokenizer"],
+        weights=get_fusion_weights,
     script:
         "../scripts/rqkmeans_ids.py"

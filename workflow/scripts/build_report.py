@@ -16,4 +16,9 @@ build_report(
     out_dir=Path(snakemake.output.index).parent,
     exclude_history=snakemake.params.exclude_history,
     baseline_model=snakemake.params.baseline,
+    # PMAT's inputs are named only when the workflow runs PMAT; without them the report has no PMAT section.
+    pmat_weights_paths=list(snakemake.input.get("pmat_weights", [])),
+    pmat_preference_paths=list(snakemake.input.get("pmat_preference", [])),
+    pmat_replay_paths=list(snakemake.input.get("pmat_replay", [])),
+    pmat_quality_paths=list(snakemake.input.get("pmat_quality", [])),
 )

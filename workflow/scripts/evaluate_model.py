@@ -1,4 +1,4 @@
-"""Rules evaluate_tiger and evaluate_sasrec: rank valid and test targets."""
+"""Rules evaluate_tiger, evaluate_sasrec and evaluate_pmat: rank valid and test targets."""
 
 from pmsid.logs import set_threads, setup_logging
 
@@ -8,7 +8,8 @@ set_threads(snakemake.threads)
 from pmsid import stages  # noqa: E402
 
 stages.evaluate_model(
-    model=snakemake.rule.removeprefix("evaluate_"),
+    # PMAT rules name the model in params.kind; the others in the rule name.
+    model=getattr(snakemake.params, "kind", None) or snakemake.rule.removeprefix("evaluate_"),
     inputs=dict(snakemake.input.items()),
     evaluation=snakemake.params.evaluation,
     protocol=snakemake.params.protocol,

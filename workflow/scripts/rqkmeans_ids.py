@@ -15,4 +15,5 @@ tokenize(
     codes=params["codes"],
     seed=params["seed"],
     n_init=params["n_init"],
+    weights=snakemake.params.weights,
 )

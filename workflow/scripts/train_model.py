@@ -1,4 +1,4 @@
-"""Rules train_tiger and train_sasrec: train one model for one seed."""
+"""Rules train_tiger, train_sasrec and train_pmat: train one model for one seed."""
 
 from pmsid.logs import set_threads, setup_logging
 
@@ -8,7 +8,8 @@ set_threads(snakemake.threads)
 from pmsid import stages  # noqa: E402
 
 stages.train_model(
-    model=snakemake.rule.removeprefix("train_"),
+    # PMAT rules name the model in params.kind; the others in the rule name.
+    model=getattr(snakemake.params, "kind", None) or snakemake.rule.removeprefix("train_"),
     inputs=dict(snakemake.input.items()),
     cfg=snakemake.params.model,
     outputs=dict(snakemake.output.items()),

@@ -50,7 +50,7 @@ def prepare_dataset(spec: dict, raw: dict, protocol: dict, out: dict) -> dict:
     contracts.write_table(items, out["catalogue"], contracts.ITEMS)
     contracts.write_table(users, out["users"], contracts.USERS)
     contracts.write_table(interactions, out["interactions"], contracts.INTERACTIONS)
-    _write_json(stats, out["stats"])
+    write_json(stats, out["stats"])
     log.info("dataset: %s", json.dumps(stats, default=str))
     return stats
 
@@ -109,6 +109,29 @@ def load_codes(ids_path: str, n_items: int) -> np.ndarray:
     return codes
 
 
+# PMAT's generators (trained) and ablations (evaluated): pmat_static and
+# pmat_full rank with the pmat_personalized generator, pmat_full with the ID
+# tables after drift-triggered updates (workflow/rules/pmat.smk).
+PMAT_GENERATORS = ("pmat_global", "pmat_personalized")
+PMAT_EVALUATIONS = ("pmat_global", "pmat_static", "pmat_full")
+
+
+def load_personalized(inputs: dict, seqs: Sequences) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """PMAT ID tables ``(P, N, L + 1)`` and the table of every user per split."""
+    from pmsid.methods.pmat.stages import read_assignment
+
+    codes = contracts.read_personalized_ids(inputs["ids"])
+    if codes.shape[1] != seqs.n_items:
+        raise ValueError(
+            f"{inputs['ids']}: ID tables cover {codes.shape[1]} items, the dataset {seqs.n_items}; rerun pmat_ids"
+        )
+    tables = read_assignment(inputs["assignment"], seqs.n_users)
+    for split, table in tables.items():
+        if table.max() >= len(codes):
+            raise ValueError(f"{inputs['assignment']}: split {split} names table {table.max()} of {len(codes)}")
+    return codes, tables
+
+
 def train_model(
     model: str,
     inputs: dict,
@@ -119,7 +142,9 @@ def train_model(
     device: str,
     deterministic: bool,
 ) -> None:
-    """Train ``model`` ("tiger" or "sasrec") for one seed."""
+    """Train ``model`` for one seed: "tiger" (RQ-KMeans IDs), "sasrec", or a
+    PMAT generator ("pmat_global", "pmat_personalized": the TIGER generator
+    under PMAT's ID tables, each user under its prototype's table)."""
     from pmsid.models import api
     from pmsid.train.utils import seed_everything
 
@@ -131,8 +156,13 @@ def train_model(
         api.train_tiger(seqs, codes, cfg, outputs["model"], outputs["log"], checkpoint, seed, device)
     elif model == "sasrec":
         api.train_sasrec(seqs, cfg, outputs["model"], outputs["log"], checkpoint, seed, device)
+    elif model in PMAT_GENERATORS:
+        codes, tables = load_personalized(inputs, seqs)
+        api.train_tiger(
+            seqs, codes, cfg, outputs["model"], outputs["log"], checkpoint, seed, device, user_tables=tables["train"]
+        )
     else:
-        raise ValueError(f"unknown model {model!r}; expected tiger or sasrec")
+        raise ValueError(f"unknown model {model!r}; expected tiger, sasrec or one of {PMAT_GENERATORS}")
 
 
 def evaluate_model(model: str, inputs: dict, evaluation: dict, protocol: dict, outputs: dict, device: str) -> None:
@@ -140,8 +170,12 @@ def evaluate_model(model: str, inputs: dict, evaluation: dict, protocol: dict, o
     from pmsid.models import api
 
     seqs = load_sequences(inputs["interactions"], inputs["catalogue"])
-    if model == "tiger":
-        codes = load_codes(inputs["ids"], seqs.n_items)
+    if model == "tiger" or model in PMAT_EVALUATIONS:
+        if model == "tiger":
+            codes, user_tables = load_codes(inputs["ids"], seqs.n_items), None
+        else:
+            codes, tables = load_personalized(inputs, seqs)
+            user_tables = {"valid": tables["valid"], "test": tables["test"]}
         per_user, metrics = api.evaluate_tiger(
             inputs["model"],
             seqs,
@@ -150,13 +184,14 @@ def evaluate_model(model: str, inputs: dict, evaluation: dict, protocol: dict, o
             beam_size=evaluation["beam_size"],
             exclude_history=protocol["exclude_history"],
             device=device,
+            user_tables=user_tables,
         )
     elif model == "sasrec":
         per_user, metrics = api.evaluate_sasrec(
             inputs["model"], seqs, ks=evaluation["ks"], exclude_history=protocol["exclude_history"], device=device
         )
     else:
-        raise ValueError(f"unknown model {model!r}; expected tiger or sasrec")
+        raise ValueError(f"unknown model {model!r}; expected tiger, sasrec or one of {PMAT_EVALUATIONS}")
     contracts.write_table(per_user, outputs["per_user"], contracts.PER_USER)
     # The report refuses to put runs of different protocols in one table.
     contracts.write_table(
@@ -166,15 +201,16 @@ def evaluate_model(model: str, inputs: dict, evaluation: dict, protocol: dict, o
     log.info("%s test: %s", model, ", ".join(f"{k}={v:.4f}" for k, v in test.items()))
 
 
-def _write_json(obj: dict, path: str) -> None:
+def write_json(obj: dict, path: str) -> None:
+    """Write ``obj`` as indented JSON, atomically (temporary file, then rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, default=_json_default) + "\n")
+    tmp.write_text(json.dumps(obj, indent=2, default=json_default) + "\n")
     os.replace(tmp, path)
 
 
-def _json_default(value):
+def json_default(value):
     if isinstance(value, np.generic):
         return value.item()
     raise TypeError(f"not JSON serializable: {type(value)}")

@@ -322,3 +322,110 @@ def read_semantic_ids(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     _check_semantic_ids(item_idx, codes, path)
     order = np.argsort(item_idx, kind="stable")
     return item_idx[order], codes[order]
+
+
+# results/tokenize/{dataset}/pmat_{variant}/seed{seed}/ids.parquet: PMAT's
+# personalized semantic IDs, one table per preference prototype (P tables over
+# the same N items; P = 1 for global fusion). Every full ID is unique within
+# its table; the same ID may name different items in different tables.
+def write_personalized_ids(path: str | os.PathLike, ids: np.ndarray, metadata: dict | None = None) -> None:
+    """Write ``ids (P, N, levels + 1)``: columns ``prototype``, ``item_idx`` (int32), ``codes``."""
+    ids = np.asarray(ids)
+    if ids.ndim != 3 or not np.issubdtype(ids.dtype, np.integer):
+        raise ValueError(
+            f"{path}: personalized IDs must be an integer (P, N, levels + 1) array, got {ids.dtype} {ids.shape}"
+        )
+    n_tables, n_items, id_length = ids.shape
+    for p in range(n_tables):
+        _check_semantic_ids(np.arange(n_items), ids[p], f"{path} (prototype {p})")
+    flat = pa.array(ids.astype(np.int32).reshape(-1), pa.int32())
+    table = pa.table(
+        {
+            "prototype": pa.array(np.repeat(np.arange(n_tables, dtype=np.int32), n_items)),
+            "item_idx": pa.array(np.tile(np.arange(n_items, dtype=np.int32), n_tables)),
+            "codes": pa.FixedSizeListArray.from_arrays(flat, id_length),
+        },
+        schema=personalized_ids_schema(id_length),
+    )
+    meta = {"id_length": id_length, "n_prototypes": n_tables, **(metadata or {})}
+    table = table.replace_schema_metadata({k.encode(): json.dumps(v).encode() for k, v in meta.items()})
+    _atomic_write(table, path)
+
+
+def personalized_ids_schema(id_length: int) -> pa.Schema:
+    return pa.schema([pa.field("prototype", pa.int32(), nullable=False), *ids_schema(id_length)])
+
+
+def read_personalized_ids(path: str | os.PathLike) -> np.ndarray:
+    """Read a personalized-IDs file; returns ``ids (P, N, levels + 1)`` int64.
+
+    Every prototype must cover item_idx 0..N-1 exactly once, with unique IDs.
+    """
+    table = pq.read_table(path)
+    if "codes" not in table.schema.names or not pa.types.is_fixed_size_list(table.schema.field("codes").type):
+        raise ValueError(f"{path}: expected a fixed-size list column 'codes'; write it with write_personalized_ids")
+    id_length = table.schema.field("codes").type.list_size
+    _check_schema(table, personalized_ids_schema(id_length), path)
+    proto = table.column("prototype").to_numpy()
+    item = table.column("item_idx").to_numpy()
+    codes = table.column("codes").combine_chunks().flatten().to_numpy(zero_copy_only=False).astype(np.int64)
+    codes = codes.reshape(-1, id_length)
+    n_tables, n_items = int(proto.max()) + 1, int(item.max()) + 1
+    if len(proto) != n_tables * n_items:
+        raise ValueError(f"{path}: {len(proto)} rows, expected prototypes x items = {n_tables} x {n_items}")
+    ids = np.full((n_tables, n_items, id_length), -1, dtype=np.int64)
+    ids[proto, item] = codes
+    if (ids < 0).any():
+        raise ValueError(f"{path}: some (prototype, item_idx) pairs are missing or tokens are negative")
+    for p in range(n_tables):
+        _check_semantic_ids(np.arange(n_items), ids[p], f"{path} (prototype {p})")
+    return ids
+
+
+# results/pmat/{dataset}/seed{seed}/weights.parquet: each user's learned
+# modality weights (long form, one row per user and modality; the weights of a
+# user sum to 1). planted_preference is the synthetic data's planted label
+# ("image" / "text"), null where the dataset has no truth.
+USER_WEIGHTS = pa.schema(
+    [
+        pa.field("user_idx", pa.int32(), nullable=False),
+        pa.field("modality", pa.string(), nullable=False),
+        pa.field("weight", pa.float64(), nullable=False),
+        pa.field("planted_preference", pa.string()),
+    ]
+)
+
+# results/pmat/{dataset}/seed{seed}/attention_log.parquet: one row per epoch of
+# the preference network's training.
+ATTENTION_LOG = pa.schema(
+    [
+        pa.field("epoch", pa.int32(), nullable=False),
+        pa.field("step", pa.int64(), nullable=False),
+        pa.field("loss", pa.float64(), nullable=False),
+        pa.field("valid_infonce", pa.float64(), nullable=False),
+        pa.field("valid_recall10", pa.float64(), nullable=False),
+        pa.field("alpha_std", pa.float64(), nullable=False),
+        pa.field("seconds", pa.float64(), nullable=False),
+    ]
+)
+
+# .../prototypes.parquet: the weights of every preference prototype (long form).
+PROTOTYPES = pa.schema(
+    [
+        pa.field("prototype", pa.int32(), nullable=False),
+        pa.field("modality", pa.string(), nullable=False),
+        pa.field("weight", pa.float64(), nullable=False),
+    ]
+)
+
+# .../assignment.parquet: the ID table (prototype) each user decodes under, per
+# split. Without updates valid and test use the training-time prototype; with
+# drift-triggered updates (PMAT replay) the one in force when that split's
+# target is ranked.
+ASSIGNMENT = pa.schema(
+    [
+        pa.field("user_idx", pa.int32(), nullable=False),
+        pa.field("split", pa.string(), nullable=False),
+        pa.field("prototype", pa.int32(), nullable=False),
+    ]
+)

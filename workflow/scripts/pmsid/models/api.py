@@ -10,6 +10,14 @@ items), SASRec by scoring every item. With ``exclude_history`` the user's
 earlier items (all of them, not only the last ``history_cap``) are removed from
 the ranking: masked in the trie for TIGER, set to -inf for SASRec.
 
+Personalized IDs (PMAT): TIGER also takes ``codes (P, n_items, D)``, one ID
+table per user-preference prototype, and ``user_tables`` giving the table each
+user decodes under. A user's history and targets are tokenized in the user's
+table, in training and in ranking, and beam search maps the IDs it generates
+back to items through that table (``pmsid.models.beam.beam_search_tables``).
+Evaluation may place a user under another table than training did (PMAT's
+drift updates), per split. ``codes (n_items, D)`` is the single table, P = 1.
+
 Hyperparameters come as a plain ``cfg`` dict; omitted keys take the defaults
 below, unknown keys fail naming the key. Measured on ml-100k-sized data (943
 users, 1,349 items, 96,458 training prefixes, 4-token IDs) on a 2-core CPU,
@@ -72,7 +80,7 @@ from pmsid.data import contracts, sequences
 from pmsid.data.sequences import Sequences, eval_samples, pad_left, training_samples, training_windows
 from pmsid.evaluate.metrics import mean_metrics, rank_of_target
 from pmsid.models import beam, generator, sasrec
-from pmsid.models.beam import Trie, beam_search
+from pmsid.models.beam import Trie, beam_search_tables
 from pmsid.models.generator import TigerGenerator
 from pmsid.models.sasrec import SASRec
 from pmsid.train import loop
@@ -151,30 +159,43 @@ def train_tiger(
     checkpoint_path: str | os.PathLike,
     seed: int | None,
     device: str = "auto",
+    user_tables: np.ndarray | None = None,
 ) -> pd.DataFrame:
-    """Train the TIGER-style generator on semantic IDs ``codes (n_items, D)``.
+    """Train the TIGER-style generator on semantic IDs ``codes (n_items, D)`` or ``(P, n_items, D)``.
 
-    Saves ``{"kind", "state_dict", "cfg", "codes", "best_epoch",
+    ``user_tables (U,)``: the ID table (in ``[0, P)``) each user's training
+    prefixes and validation ranking use; required when ``P > 1``, all zeros
+    when omitted with one table. Saves ``{"kind", "state_dict", "cfg",
+    "codes" (P, n_items, D), "user_tables" (U,), "n_items", "best_epoch",
     "best_valid_ndcg10"}`` to ``model_path`` and the per-epoch log (contract
     TRAIN_LOG) to ``log_path``; returns the log. A non-finite loss raises
     ``NonFiniteLossError`` and no model file is left.
     """
     cfg = with_defaults(cfg, TIGER_DEFAULTS, "tiger")
     codes = _check_codes(codes, seqs.n_items)
+    user_tables = _check_user_tables(user_tables, seqs.n_users, len(codes))
     if cfg["beam_size"] < max(cfg["ks"]):
         raise ValueError(f"tiger cfg: beam_size {cfg['beam_size']} < max(ks) {max(cfg['ks'])}; raise beam_size")
     dev = _start(model_path, seed, cfg, device)
     model = _build_tiger(codes, cfg).to(dev)
-    trie = Trie(codes).to(dev)
+    tries = _build_tries(codes, model.level_sizes, dev)
+    log.info("tiger: users per ID table %s", np.bincount(user_tables, minlength=len(codes)).tolist())
     _, hist, targets = eval_samples(seqs, "valid", cfg["history_cap"])
     exclude = history_items(seqs, "valid") if cfg["exclude_history"] else None
 
     def validate(m: TigerGenerator) -> float:
-        result = beam_search(m, trie, hist, cfg["beam_size"], exclude, cfg["eval_batch_size"])
+        result = beam_search_tables(m, tries, hist, user_tables, cfg["beam_size"], exclude, cfg["eval_batch_size"])
         return mean_metrics(ranks_in_list(result.items, targets), [10])["NDCG@10"]
 
-    result = _fit(model, seqs, cfg, validate, checkpoint_path, _run_key("tiger", cfg, seed, seqs, codes), seed, "tiger")
-    payload = {"kind": "tiger", "cfg": cfg, "codes": torch.from_numpy(codes), "n_items": seqs.n_items}
+    run_key = _run_key("tiger", cfg, seed, seqs, codes, user_tables)
+    result = _fit(model, seqs, cfg, validate, checkpoint_path, run_key, seed, "tiger", user_tables=user_tables)
+    payload = {
+        "kind": "tiger",
+        "cfg": cfg,
+        "codes": torch.from_numpy(codes),
+        "user_tables": torch.from_numpy(user_tables),
+        "n_items": seqs.n_items,
+    }
     return _finish(model, result, payload, model_path, log_path)
 
 
@@ -222,14 +243,16 @@ def _start(model_path, seed, cfg, device) -> torch.device:
     return dev
 
 
-def _fit(model, seqs, cfg, validate, checkpoint_path, run_key, seed, name, mode="prefix"):
+def _fit(model, seqs, cfg, validate, checkpoint_path, run_key, seed, name, mode="prefix", user_tables=None):
     """Run the shared loop on the training targets of ``seqs``.
 
     ``mode`` "prefix": one row per training prefix, ``model.loss(history,
-    target)``; "sequence": one row per causal window
-    (``pmsid.data.sequences.training_windows``), ``model.sequence_loss(inputs,
-    targets)``. The loop shuffles and batches rows, so either way the batch
-    order depends only on ``(seed, epoch)`` and resuming stays exact.
+    target)``, or ``model.loss(history, target, table)`` with each row's user's
+    ID table when ``user_tables (U,)`` is given (TIGER); "sequence": one row
+    per causal window (``pmsid.data.sequences.training_windows``),
+    ``model.sequence_loss(inputs, targets)``. The loop shuffles and batches
+    rows, so either way the batch order depends only on ``(seed, epoch)`` and
+    resuming stays exact.
     """
     n_params = sum(p.numel() for p in model.parameters())
     if mode == "sequence":
@@ -238,10 +261,14 @@ def _fit(model, seqs, cfg, validate, checkpoint_path, run_key, seed, name, mode=
         log.info("%s: %d training windows holding %d targets, %d parameters", name, len(targets), n_targets, n_params)
         loss_fn = _window_loss
     else:
-        _, inputs, targets = training_samples(seqs, cfg["history_cap"])
+        users, inputs, targets = training_samples(seqs, cfg["history_cap"])
         log.info("%s: %d training samples, %d parameters", name, len(targets), n_params)
         loss_fn = _prefix_loss
     data = (torch.from_numpy(inputs), torch.from_numpy(targets))
+    if user_tables is not None:
+        if mode != "prefix":
+            raise ValueError(f"user_tables needs mode 'prefix', got {mode!r}")
+        data += (torch.from_numpy(user_tables[users]),)  # (S,) table of each row's user
     return train_loop(
         model,
         loss_fn,
@@ -273,18 +300,30 @@ def _finish(model, result, payload, model_path, log_path) -> pd.DataFrame:
     return result.log
 
 
-def _run_key(kind: str, cfg: dict, seed: int | None, seqs: Sequences, codes: np.ndarray | None = None) -> dict:
+def _run_key(
+    kind: str,
+    cfg: dict,
+    seed: int | None,
+    seqs: Sequences,
+    codes: np.ndarray | None = None,
+    user_tables: np.ndarray | None = None,
+) -> dict:
     """What identifies a training run, for the checkpoint's config hash.
 
     The data and the model code are hashed too, so a checkpoint never resumes
-    on other interactions, other IDs, or an edited architecture.
+    on other interactions, other IDs, other users' ID tables, or an edited
+    architecture.
     """
     data = hashlib.sha256(np.int64(seqs.n_items).tobytes())
     for seq in seqs.items:
         data.update(np.asarray(seq, np.int64).tobytes())
         data.update(b"|")
-    if codes is not None:
-        data.update(np.ascontiguousarray(codes, np.int64).tobytes())
+    for array in (codes, user_tables):
+        if array is not None:
+            # The shape too: the same bytes can be tables of another shape.
+            data.update(np.asarray(array.shape, np.int64).tobytes())
+            data.update(np.ascontiguousarray(array, np.int64).tobytes())
+        data.update(b"|")
     code = hashlib.sha256()
     # sequences builds the training rows (prefixes, windows), so it is model code too.
     for module in (generator, sasrec, beam, loop, sequences):
@@ -294,10 +333,63 @@ def _run_key(kind: str, cfg: dict, seed: int | None, seqs: Sequences, codes: np.
 
 
 def _check_codes(codes: np.ndarray, n_items: int) -> np.ndarray:
+    """``codes (n_items, D)`` or ``(P, n_items, D)`` as an int64 ``(P, n_items, D)`` array."""
     codes = np.asarray(codes, dtype=np.int64)
-    if codes.ndim != 2 or len(codes) != n_items:
-        raise ValueError(f"codes must be (n_items={n_items}, D); got shape {codes.shape}")
+    if codes.ndim == 2:
+        codes = codes[None]
+    if codes.ndim != 3 or codes.shape[1] != n_items or codes.shape[0] == 0:
+        raise ValueError(
+            f"codes must be (n_items={n_items}, D) or (P, n_items={n_items}, D) with P >= 1; got shape {codes.shape}"
+        )
     return codes
+
+
+def _check_user_tables(user_tables: np.ndarray | None, n_users: int, n_tables: int) -> np.ndarray:
+    """Each user's ID table as an int64 ``(n_users,)`` array in ``[0, n_tables)``; zeros for None with one table."""
+    if user_tables is None:
+        if n_tables > 1:
+            raise ValueError(
+                f"user_tables is required with codes of {n_tables} ID tables: pass each user's table index, "
+                f"shape ({n_users},)"
+            )
+        return np.zeros(n_users, np.int64)
+    tables = np.asarray(user_tables)
+    if tables.shape != (n_users,) or not np.issubdtype(tables.dtype, np.integer):
+        raise ValueError(
+            f"user_tables must be an integer array with one entry per user, shape ({n_users},); "
+            f"got {tables.dtype} {tables.shape}"
+        )
+    if n_users and not (tables.min() >= 0 and tables.max() < n_tables):
+        raise ValueError(
+            f"user_tables must be in [0, {n_tables}) (codes hold {n_tables} ID tables); "
+            f"got {tables.min()}..{tables.max()}"
+        )
+    return tables.astype(np.int64)
+
+
+def _split_user_tables(user_tables, n_users: int, n_tables: int) -> dict[str, np.ndarray]:
+    """The ID table of each user at each split: ``{"valid": (U,), "test": (U,)}``.
+
+    ``user_tables`` is None, one ``(U,)`` array for both splits, or a dict
+    with exactly the keys of ``SPLITS``.
+    """
+    if isinstance(user_tables, dict):
+        if set(user_tables) != set(SPLITS):
+            raise ValueError(f"user_tables as a dict must have the keys {list(SPLITS)}; got {sorted(user_tables)}")
+        return {split: _check_user_tables(user_tables[split], n_users, n_tables) for split in SPLITS}
+    tables = _check_user_tables(user_tables, n_users, n_tables)
+    return {split: tables for split in SPLITS}
+
+
+def _build_tries(codes: np.ndarray, level_sizes: list[int], device: torch.device) -> list[Trie]:
+    """One trie per ID table of ``codes (P, n_items, D)``, padded to the model's ``level_sizes``."""
+    tries = []
+    for p, table in enumerate(codes):
+        try:
+            tries.append(Trie(table, level_sizes).to(device))
+        except ValueError as err:
+            raise ValueError(f"codes, ID table {p}: {err}") from err
+    return tries
 
 
 def _build_tiger(codes: np.ndarray, cfg: dict) -> TigerGenerator:
@@ -377,8 +469,16 @@ def evaluate_tiger(
     beam_size: int,
     exclude_history: bool,
     device: str = "auto",
+    user_tables: np.ndarray | dict[str, np.ndarray] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Rank valid and test targets by constrained beam search.
+
+    ``codes`` must be the IDs the model was trained on, ``(n_items, D)`` or
+    ``(P, n_items, D)``. ``user_tables``: the ID table each user decodes
+    under, as one ``(U,)`` array for both splits or ``{"valid": (U,), "test":
+    (U,)}`` (PMAT's drift updates move users between tables); it may differ
+    from training's. Required when ``P > 1``, all zeros when omitted with one
+    table.
 
     Returns ``(per_user, metrics)`` matching contracts PER_USER (rank null when
     the target is not among the ``beam_size`` items) and METRICS: Recall@K,
@@ -388,24 +488,32 @@ def evaluate_tiger(
     """
     if beam_size < max(ks):
         raise ValueError(f"beam_size {beam_size} < max(ks) {max(ks)}: beam search returns only beam_size items")
+    codes = _check_codes(codes, seqs.n_items)
+    split_tables = _split_user_tables(user_tables, seqs.n_users, len(codes))
     dev = resolve_device(device)
     torch.set_flush_denormal(True)  # subnormals slow CPU kernels ~10x (see pmsid.train.loop)
     saved = _load(model_path, "tiger")
     cfg = {**TIGER_DEFAULTS, **saved["cfg"]}
-    codes = _check_codes(codes, seqs.n_items)
-    if not np.array_equal(codes, saved["codes"].numpy()):
+    # Models saved before personalized IDs hold one (n_items, D) table.
+    state = dict(saved["state_dict"])
+    if state["codes"].ndim == 2:
+        state["codes"] = state["codes"][None]
+    saved_codes = saved["codes"].numpy()
+    if not np.array_equal(codes, saved_codes[None] if saved_codes.ndim == 2 else saved_codes):
         raise ValueError(f"{model_path}: the semantic IDs differ from the ones the model was trained on; retrain it")
     model = _build_tiger(codes, cfg)
-    model.load_state_dict(saved["state_dict"])
+    model.load_state_dict(state)
     model.to(dev).eval()
-    trie = Trie(codes).to(dev)
+    tries = _build_tries(codes, model.level_sizes, dev)
     per_user, rows = [], []
     for split in SPLITS:
         users, hist, targets = eval_samples(seqs, split, cfg["history_cap"])
         exclude = history_items(seqs, split) if exclude_history else None
+        tables = split_tables[split]
+        log.info("tiger %s: users per ID table %s", split, np.bincount(tables, minlength=len(codes)).tolist())
         _sync(dev)
         start = time.perf_counter()
-        result = beam_search(model, trie, hist, beam_size, exclude, cfg["eval_batch_size"])
+        result = beam_search_tables(model, tries, hist, tables, beam_size, exclude, cfg["eval_batch_size"])
         _sync(dev)
         seconds = time.perf_counter() - start
         ranks = ranks_in_list(result.items, targets)

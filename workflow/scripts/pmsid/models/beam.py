@@ -15,6 +15,12 @@ that callback runs in Python once per beam and step, the known slow spot of
 public TIGER implementations. Here the trie is a dense child table per depth,
 so one step is a handful of tensor ops for all users and beams at once.
 
+Personalized IDs (``P`` tables, see ``pmsid.models.generator``): an ID names
+an item only within its table, so each table has its own trie and a user is
+searched in the trie of the table they decode under;
+:func:`beam_search_tables` groups users by table and maps every generated ID
+back to an item index through that user's table.
+
 :func:`brute_force_topk` scores every valid ID exactly (teacher forcing) and is
 the reference the tests hold beam search to.
 """
@@ -32,7 +38,7 @@ NEG_INF = float("-inf")
 
 
 class Trie:
-    """Prefix trie over the rows of ``codes (n_items, D)`` as dense tensors.
+    """Prefix trie over the rows of ``codes (n_items, D)`` (one ID table) as dense tensors.
 
     Nodes at depth ``e`` are the distinct ID prefixes of length ``e`` (depth 0
     is the root; depth ``D`` nodes are the items themselves, node id = item
@@ -43,11 +49,17 @@ class Trie:
     - ``n_leaves[e] (n_nodes_e,)``: items below each node (``n_leaves[D]`` is 1);
     - ``item_node[e] (n_items,)``: each item's ancestor at depth ``e``.
 
+    ``K_e`` is ``level_sizes[e]`` when given, else the table's own largest
+    code of level ``e`` plus one. Beam search adds the model's log-probs over
+    its ``K_e`` codes to the trie's tables, so the trie of one of several ID
+    tables is built with ``level_sizes=model.level_sizes`` (the sizes over all
+    tables); codes a table never uses stay ``-1``.
+
     Memory is ``sum_e n_nodes_e * K_e`` entries (at most ``n_items * K`` per
     depth), small next to the model for the catalogues of THESIS.md 2.1.
     """
 
-    def __init__(self, codes: np.ndarray | torch.Tensor):
+    def __init__(self, codes: np.ndarray | torch.Tensor, level_sizes: list[int] | None = None):
         codes = np.asarray(torch.as_tensor(codes).cpu().numpy(), dtype=np.int64)
         if codes.ndim != 2 or len(codes) == 0:
             raise ValueError(f"codes must be a non-empty (n_items, D) array, got shape {codes.shape}")
@@ -60,7 +72,8 @@ class Trie:
                 "(add the dedup level in the tokenizer)"
             )
         self.n_items, self.depth = codes.shape
-        self.level_sizes = [int(k) for k in codes.max(axis=0) + 1]
+        needed = [int(k) for k in codes.max(axis=0) + 1]
+        self.level_sizes = needed if level_sizes is None else _check_level_sizes(level_sizes, needed)
         item_node = [np.zeros(self.n_items, dtype=np.int64)]  # depth 0: the root
         for e in range(1, self.depth):
             _, inverse = np.unique(codes[:, :e], axis=0, return_inverse=True)
@@ -104,6 +117,20 @@ class Trie:
         return torch.where(nodes >= 0, left, 0)
 
 
+def _check_level_sizes(level_sizes: list[int], needed: list[int]) -> list[int]:
+    """``level_sizes`` as ints, failing when it does not cover the codes of every level."""
+    level_sizes = [int(k) for k in level_sizes]
+    if len(level_sizes) != len(needed):
+        raise ValueError(f"level_sizes must give one size per ID level ({len(needed)}), got {level_sizes}")
+    short = [j for j, (k, n) in enumerate(zip(level_sizes, needed)) if k < n]
+    if short:
+        raise ValueError(
+            f"level_sizes {level_sizes} too small for codes: level(s) {short} need sizes >= "
+            f"{[needed[j] for j in short]} (largest code + 1); pass the model's level_sizes"
+        )
+    return level_sizes
+
+
 @dataclass
 class BeamResult:
     """Top-``B`` items per user, best first.
@@ -135,19 +162,23 @@ def beam_search(
     beam_size: int,
     exclude_items: np.ndarray | torch.Tensor | None = None,
     batch_size: int = 256,
+    table: int | None = None,
 ) -> BeamResult:
     """Trie-constrained beam search for every user.
 
     ``histories (U, cap)``: left-padded item indices (``PAD = -1``).
     ``exclude_items (U, H)``: items each user must not get (``-1`` padded), or None.
-    Users are processed ``batch_size`` at a time; all beams of a batch advance
-    together. Returns a :class:`BeamResult`.
+    ``table``: the ID table all these users decode under (None = table 0);
+    ``trie`` must be that table's trie (checked). Users are processed
+    ``batch_size`` at a time; all beams of a batch advance together. Returns
+    a :class:`BeamResult` of item indices.
     """
     if beam_size < 1:
         raise ValueError(f"beam_size must be >= 1, got {beam_size}")
     device = next(model.parameters()).device
     if trie.child[0].device != device:
         trie = trie.to(device)
+    _check_trie(model, trie, 0 if table is None else table)
     was_training = model.training
     model.eval()
     histories = torch.as_tensor(np.asarray(histories), dtype=torch.long)
@@ -157,7 +188,7 @@ def beam_search(
         excluded = None
         if exclude_items is not None:
             excluded = exclusion_mask(exclude_items[start : start + batch_size], trie.n_items, device)
-        it, sc, bad = _beam_batch(model, trie, hist, beam_size, excluded)
+        it, sc, bad = _beam_batch(model, trie, hist, beam_size, excluded, table)
         items.append(it.cpu().numpy())
         scores.append(sc.cpu().numpy())
         n_invalid += bad
@@ -165,11 +196,74 @@ def beam_search(
     return BeamResult(np.concatenate(items), np.concatenate(scores), n_invalid)
 
 
+def _check_trie(model: TigerGenerator, trie: Trie, table: int) -> None:
+    """Fail unless ``trie`` is the trie of the model's ID table ``table``, sized as the model's levels."""
+    if not 0 <= table < model.n_tables:
+        raise ValueError(f"table must be in [0, {model.n_tables}) (the model's ID tables), got {table}")
+    if trie.level_sizes != model.level_sizes:
+        raise ValueError(
+            f"trie level sizes {trie.level_sizes} differ from the model's {model.level_sizes}; "
+            "build it as Trie(codes, level_sizes=model.level_sizes)"
+        )
+    if not torch.equal(trie.codes, model.codes[table]):
+        raise ValueError(f"the trie is not built from the model's ID table {table}; pass that table's trie")
+
+
+@torch.no_grad()
+def beam_search_tables(
+    model: TigerGenerator,
+    tries: list[Trie],
+    histories: np.ndarray | torch.Tensor,
+    user_tables: np.ndarray,
+    beam_size: int,
+    exclude_items: np.ndarray | torch.Tensor | None = None,
+    batch_size: int = 256,
+) -> BeamResult:
+    """Beam search for users who decode under different ID tables.
+
+    ``tries[p]`` is the trie of the model's table ``p`` (``len(tries) ==
+    model.n_tables``); ``user_tables (U,)`` gives each user's table;
+    ``histories (U, cap)`` and ``exclude_items (U, H)`` as in
+    :func:`beam_search`. Users are grouped by table, each group searched in
+    its table's trie (so a generated ID becomes the item it names in that
+    user's table), and the results are put back in input order: ``items (U,
+    B)`` are item indices. With one table this is :func:`beam_search`.
+    """
+    if len(tries) != model.n_tables:
+        raise ValueError(f"tries must hold one trie per ID table ({model.n_tables}), got {len(tries)}")
+    histories = np.asarray(histories)
+    user_tables = np.asarray(user_tables)
+    if user_tables.shape != (len(histories),) or not np.issubdtype(user_tables.dtype, np.integer):
+        raise ValueError(
+            f"user_tables must be an integer array of shape ({len(histories)},) (one table per user), "
+            f"got {user_tables.dtype} {user_tables.shape}"
+        )
+    if len(user_tables) and not (0 <= user_tables.min() and user_tables.max() < model.n_tables):
+        raise ValueError(f"user_tables must be in [0, {model.n_tables}), got {user_tables.min()}..{user_tables.max()}")
+    if exclude_items is not None:
+        exclude_items = np.asarray(exclude_items)
+    items = np.full((len(histories), beam_size), -1, dtype=np.int64)
+    scores = np.full((len(histories), beam_size), NEG_INF, dtype=np.float32)
+    n_invalid = 0
+    for p in np.unique(user_tables):
+        rows = np.flatnonzero(user_tables == p)
+        excluded = None if exclude_items is None else exclude_items[rows]
+        result = beam_search(model, tries[p], histories[rows], beam_size, excluded, batch_size, table=int(p))
+        items[rows], scores[rows] = result.items, result.scores
+        n_invalid += result.n_invalid
+    return BeamResult(items, scores, n_invalid)
+
+
 def _beam_batch(
-    model: TigerGenerator, trie: Trie, hist: torch.Tensor, beam: int, excluded: torch.Tensor | None
+    model: TigerGenerator,
+    trie: Trie,
+    hist: torch.Tensor,
+    beam: int,
+    excluded: torch.Tensor | None,
+    table: int | None,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Beam search for one batch of ``N`` users; returns items, scores ``(N, beam)`` and the invalid count."""
-    memory, pad = model.encode(hist)  # (N, L, d), (N, L)
+    memory, pad = model.encode(hist, table)  # (N, L, d), (N, L)
     n = hist.shape[0]
     # W (the live width) starts at 1 (the root) and grows to `beam`.
     node = torch.zeros(n, 1, dtype=torch.long, device=hist.device)  # (N, W) trie node at the current depth
@@ -204,23 +298,29 @@ def brute_force_topk(
     histories: np.ndarray | torch.Tensor,
     k: int,
     exclude_items: np.ndarray | torch.Tensor | None = None,
+    table: int | None = None,
 ) -> BeamResult:
     """Exact top-``k`` items per user by the full teacher-forced log-prob of every valid ID.
 
+    ``codes (n_items, D)`` are the IDs of the table the users decode under,
+    ``table`` that table's index (None = 0; it selects the history tokens).
     Reference for tests on tiny catalogues (cost ``U x n_items`` decoder runs):
     each ID is decoded alone against a copy of the user's memory, a different
     code path from :func:`beam_search`'s packed beams.
     """
+    codes = torch.as_tensor(np.asarray(codes), dtype=torch.long)
+    if codes.ndim != 2:
+        raise ValueError(f"codes must be one ID table (n_items, D), got shape {tuple(codes.shape)}; pass codes[table]")
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    codes = torch.as_tensor(np.asarray(codes), dtype=torch.long, device=device)
+    codes = codes.to(device)
     histories = torch.as_tensor(np.asarray(histories), dtype=torch.long, device=device)
     n_items = len(codes)
     excluded = None if exclude_items is None else exclusion_mask(exclude_items, n_items, device)
     items, scores = [], []
     for u in range(len(histories)):
-        memory, pad = model.encode(histories[u : u + 1])
+        memory, pad = model.encode(histories[u : u + 1], table)
         s = model.score_ids(memory.expand(n_items, -1, -1), pad.expand(n_items, -1), codes)  # (n_items,)
         if excluded is not None:
             s = s.masked_fill(excluded[u], NEG_INF)

@@ -3,6 +3,14 @@
 Every item ``i`` has a semantic ID ``codes[i] = (c_0, ..., c_{D-1})``: ``D - 1``
 quantizer levels plus the dedup token. Level ``j`` uses codes ``0 .. K_j - 1``.
 
+Personalized IDs (PMAT, THESIS.md section 4) give ``P`` ID tables ``codes (P,
+n_items, D)``, one per user-preference prototype, and every user reads items
+under one table. The tables share one code space (level ``j`` code ``c`` is
+the same token in every table), so one model serves them all; an ID is
+unique within its table but may name different items in different tables,
+and ``K_j`` is the largest code of level ``j`` over all tables plus one. A
+single table ``(n_items, D)`` is ``P = 1``.
+
 Token vocabulary (one embedding table for encoder and decoder)::
 
     token(level j, code c) = offset_j + c,   offset_j = K_0 + ... + K_{j-1}
@@ -28,6 +36,8 @@ it ``G`` times (see :func:`group_causal_mask`).
 
 from __future__ import annotations
 
+from numbers import Integral
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -51,9 +61,11 @@ def group_causal_mask(groups: int, length: int, device: torch.device | None = No
 class TigerGenerator(nn.Module):
     """Encoder-decoder Transformer that generates the next item's semantic ID.
 
-    ``codes`` ``(n_items, D)`` is stored as a buffer: the model maps history
+    ``codes`` ``(n_items, D)`` or ``(P, n_items, D)`` (``P`` personalized ID
+    tables) is stored as a ``(P, n_items, D)`` buffer: the model maps history
     items to their ID tokens itself, and a saved model carries the IDs it was
-    trained on.
+    trained on. Methods that look items up take ``table``: None (table 0), an
+    int (every row), or a LongTensor ``(N,)`` giving each row's table.
     """
 
     def __init__(
@@ -73,10 +85,14 @@ class TigerGenerator(nn.Module):
             raise ValueError(f"encoder_tokens must be 'flat' or 'item', got {encoder_tokens!r}")
         self.encoder_tokens = encoder_tokens
         codes = torch.as_tensor(codes, dtype=torch.long)
-        if codes.ndim != 2 or (codes < 0).any():
-            raise ValueError(f"codes must be a non-negative (n_items, D) array, got shape {tuple(codes.shape)}")
-        self.n_items, self.n_levels = codes.shape
-        self.level_sizes = [int(k) for k in codes.max(dim=0).values + 1]  # K_j
+        if codes.ndim == 2:
+            codes = codes[None]  # one table: P = 1
+        if codes.ndim != 3 or (codes < 0).any():
+            raise ValueError(
+                f"codes must be a non-negative (n_items, D) or (P, n_items, D) array, got shape {tuple(codes.shape)}"
+            )
+        self.n_tables, self.n_items, self.n_levels = codes.shape
+        self.level_sizes = [int(k) for k in codes.amax(dim=(0, 1)) + 1]  # K_j over all tables
         self.history_cap = history_cap
         self.d_model = d_model
         offsets = [0]
@@ -86,7 +102,7 @@ class TigerGenerator(nn.Module):
         self.bos_token = self.pad_token + 1
         vocab = self.pad_token + 2
 
-        self.register_buffer("codes", codes.clone())  # (n_items, D)
+        self.register_buffer("codes", codes.clone())  # (P, n_items, D)
         self.register_buffer("offsets", torch.tensor(offsets, dtype=torch.long))  # (D,)
         # level_mask[j, v]: token v belongs to level j; the loss's softmax at step j runs over these.
         level_of_token = torch.repeat_interleave(torch.arange(self.n_levels), torch.tensor(self.level_sizes))
@@ -114,9 +130,37 @@ class TigerGenerator(nn.Module):
         self.head = nn.Linear(d_model, vocab, bias=False)
         self.apply(_init_weights)
 
+    # ------------------------------------------------------------------ tables
+    def item_codes(self, items: torch.Tensor, table: int | torch.Tensor | None = None) -> torch.Tensor:
+        """Semantic IDs ``(N, ..., D)`` of item indices ``items (N, ...)`` (all >= 0) under ``table``.
+
+        ``table``: None (table 0), an int (every row), or a LongTensor ``(N,)``
+        (row ``n`` reads table ``table[n]``).
+        """
+        if table is None:
+            table = 0
+        if isinstance(table, Integral):
+            if not 0 <= table < self.n_tables:
+                raise ValueError(f"table must be in [0, {self.n_tables}), got {table}")
+            return self.codes[table][items]
+        if not torch.is_tensor(table) or table.shape != items.shape[:1] or table.is_floating_point():
+            raise ValueError(
+                f"table must be None, an int or an integer tensor of shape ({items.shape[0]},) "
+                f"(one table per row), got {table!r:.80}"
+            )
+        if ((table < 0) | (table >= self.n_tables)).any():
+            raise ValueError(f"table must hold indices in [0, {self.n_tables}), got {table.min()}..{table.max()}")
+        rows = table.view(-1, *([1] * (items.ndim - 1)))  # (N, 1, ...) broadcasts against items
+        return self.codes[rows, items]
+
     # ----------------------------------------------------------------- encoder
-    def encode(self, history: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode(
+        self, history: torch.Tensor, table: int | torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Encode left-padded histories ``(N, cap)`` of item indices (``PAD = -1``).
+
+        History items become the tokens of their IDs in ``table`` (see
+        :meth:`item_codes`): None (table 0), an int, or a LongTensor ``(N,)``.
 
         ``encoder_tokens = "flat"`` (TIGER): every history item contributes its
         D tokens, so the encoder reads ``L = cap * D`` tokens. ``"item"``: the D
@@ -129,7 +173,7 @@ class TigerGenerator(nn.Module):
         """
         n, cap = history.shape
         valid = history >= 0  # (N, cap)
-        tokens = self.codes[history.clamp(min=0)] + self.offsets  # (N, cap, D)
+        tokens = self.item_codes(history.clamp(min=0), table) + self.offsets  # (N, cap, D)
         tokens = torch.where(valid[..., None], tokens, self.pad_token)
         pos = torch.arange(cap, device=history.device)
         lvl = torch.arange(self.n_levels, device=history.device)
@@ -180,17 +224,29 @@ class TigerGenerator(nn.Module):
         return F.log_softmax(self.level_logits(h, prefix.shape[-1]).float(), dim=-1)
 
     # ----------------------------------------------------- training and scores
-    def full_logits(self, history: torch.Tensor, target_codes: torch.Tensor) -> torch.Tensor:
-        """Teacher-forced logits ``(N, D, V)`` for target IDs ``(N, D)``, other levels' tokens at -inf."""
-        memory, pad = self.encode(history)
+    def full_logits(
+        self, history: torch.Tensor, target_codes: torch.Tensor, table: int | torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Teacher-forced logits ``(N, D, V)`` for target IDs ``(N, D)``, other levels' tokens at -inf.
+
+        ``history (N, cap)`` is read under ``table`` (see :meth:`encode`).
+        """
+        memory, pad = self.encode(history, table)
         h = self.decoder_hidden(memory, pad, target_codes[:, None, :-1])[:, 0]  # (N, D, d)
         logits = self.head(h).float()  # (N, D, V)
         return logits.masked_fill(~self.level_mask, float("-inf"))
 
-    def loss(self, history: torch.Tensor, target_items: torch.Tensor) -> torch.Tensor:
-        """L_ID: mean cross-entropy over the D tokens of the target items ``(N,)``."""
-        codes = self.codes[target_items]  # (N, D)
-        logits = self.full_logits(history, codes)
+    def loss(
+        self, history: torch.Tensor, target_items: torch.Tensor, table: int | torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """L_ID: mean cross-entropy over the D tokens of the target items ``(N,)``.
+
+        ``history (N, cap)`` and the targets are both read under ``table``
+        (None = table 0, an int, or a LongTensor ``(N,)``): a user's history
+        and target are IDs of the user's own table.
+        """
+        codes = self.item_codes(target_items, table)  # (N, D)
+        logits = self.full_logits(history, codes, table)
         targets = codes + self.offsets  # (N, D) vocabulary tokens
         return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
 

@@ -9,7 +9,7 @@ import logging
 import os
 from pathlib import Path
 
-from pmsid.report import figures, tables
+from pmsid.report import figures, pmat, tables
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +25,10 @@ def build_report(
     metrics: list[str] = tables.DEFAULT_METRICS,
     significance_metric: str = "NDCG@10",
     alpha: float = 0.05,
+    pmat_weights_paths: list[str] = (),
+    pmat_preference_paths: list[str] = (),
+    pmat_replay_paths: list[str] = (),
+    pmat_quality_paths: list[str] = (),
 ) -> list[str]:
     """Write every table and figure of the report into ``out_dir``; returns the written paths.
 
@@ -36,7 +40,17 @@ def build_report(
     ``exclude_history`` states whether the evaluation removed the user's
     history items from the ranking; it goes into the main table's caption and
     must agree with every metrics file that records it.
+
+    The ``pmat_*_paths`` (PMAT's user weights, preference recovery, replay
+    summaries and ID quality; all four or none) add the PMAT section of
+    :func:`pmsid.report.pmat.write_pmat_report`: the tables
+    ``pmat_ablation``, ``pmat_updates``, ``pmat_preference`` and
+    ``pmat_id_quality`` and the figures ``pmat_weights.png`` and
+    ``pmat_semantic_consistency.png``. Without them nothing PMAT is written.
     """
+    # Checked first, so that a partial set of PMAT inputs fails before any work.
+    pmat_inputs = [pmat_weights_paths, pmat_preference_paths, pmat_replay_paths, pmat_quality_paths]
+    with_pmat = pmat.requested(*pmat_inputs)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written: list[str] = []
@@ -77,12 +91,22 @@ def build_report(
     written.append(figures.plot_training_curves(train_log_paths, out / "training_curves.png"))
     written.append(figures.plot_codebook_utilization(quality, out / "codebook_utilization.png"))
 
+    sections = [
+        ("Main comparison", "main_comparison", main_caption),
+        (f"Significance against {baseline_model}", "significance", sig_caption),
+        ("Semantic-ID quality", "id_quality", tables.ID_QUALITY_CAPTION),
+    ]
+    if with_pmat:
+        pmat_written, pmat_sections, pmat_figures = pmat.write_pmat_report(
+            runs, per_user_paths, *pmat_inputs, out=out, exclude_history=exclude_history,
+            metrics=metrics, significance_metric=significance_metric, alpha=alpha,
+        )  # fmt: skip
+        written += pmat_written
+        sections += pmat_sections
+        figure_captions.update(pmat_figures)
+
     readme = _readme(
-        sections=[
-            ("Main comparison", "main_comparison", main_caption),
-            (f"Significance against {baseline_model}", "significance", sig_caption),
-            ("Semantic-ID quality", "id_quality", tables.ID_QUALITY_CAPTION),
-        ],
+        sections=sections,
         out=out,
         figure_captions=figure_captions,
         exclude_history=exclude_history,

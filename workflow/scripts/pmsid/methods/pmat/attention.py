@@ -54,6 +54,10 @@ DEFAULTS = {
     "d": 64,  # shared dimension of the projected features f_m(i)
     "hidden": 32,  # width of the modality scorer's hidden layer
     "epochs": 20,  # maximum passes over the training prefixes
+    # Training prefixes drawn (without replacement, afresh every epoch) per
+    # epoch; None = all of them. Bounds the cost on long-history datasets
+    # (ml-100k has 96k prefixes, the synthetic data 7.6k).
+    "max_samples_per_epoch": None,
     "batch_size": 256,  # training prefixes per step; the other targets are the negatives
     "lr": 3e-3,  # AdamW learning rate of the attention network
     # AdamW learning rate of the projections (0 freezes them at their init). A
@@ -324,6 +328,10 @@ def resolve_cfg(cfg: dict | None) -> dict:
     for key in ("d", "hidden", "epochs", "batch_size", "history_cap", "patience"):
         if int(out[key]) < 1:
             raise ValueError(f"PMAT attention: {key} must be >= 1, got {out[key]}")
+    if out["max_samples_per_epoch"] is not None and int(out["max_samples_per_epoch"]) < 2:
+        raise ValueError(
+            f"PMAT attention: max_samples_per_epoch must be None or >= 2, got {out['max_samples_per_epoch']}"
+        )
     return out
 
 
@@ -388,8 +396,8 @@ def train_modality_attention(
     the best epoch's weights are returned.
 
     cfg keys (defaults in :data:`DEFAULTS`): d 64, hidden 32, epochs 20,
-    batch_size 256, lr 3e-3, projector_lr 3e-4, weight_decay 0.01,
-    temperature 0.1, alpha_temperature 1.0, history_cap 20, patience 2,
+    max_samples_per_epoch None (all prefixes), batch_size 256, lr 3e-3,
+    projector_lr 3e-4, weight_decay 0.01, temperature 0.1, alpha_temperature 1.0, history_cap 20, patience 2,
     init "pca", grad_clip 1.0, progress True. An unknown key fails.
 
     The log has one row per epoch: ``epoch, step, loss, valid_infonce,
@@ -436,7 +444,7 @@ def train_modality_attention(
         t0 = time.perf_counter()
         projector.train()
         attention.train()
-        order = torch.randperm(len(targets), generator=gen).to(dev)
+        order = torch.randperm(len(targets), generator=gen)[: cfg["max_samples_per_epoch"]].to(dev)
         total, count = 0.0, 0
         bar = tqdm(
             range(0, len(order), cfg["batch_size"]),

@@ -1,0 +1,151 @@
+"""PMAT's workflow stages on a tiny planted dataset: attention -> ID tables -> replay.
+
+Items have two modalities; half of the users pick their next item by the
+"image" features, half by the "text" features, so the preference network has
+something to recover. Every stage writes contract files that the next reads.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pmsid.data import contracts
+from pmsid.methods.pmat import stages
+from pmsid.methods.pmat.attention import project_features
+from pmsid.methods.pmat.prototypes import global_fusion_ids
+
+N_ITEMS, N_USERS, LENGTH = 48, 80, 10
+MODALITIES = ["text", "image"]
+TOKENIZER = {"levels": 2, "codes": 6, "n_init": 1, "seed": 0}
+ATTENTION = {"d": 8, "hidden": 8, "epochs": 3, "batch_size": 64, "history_cap": 8, "progress": False}
+PMAT = {"window": 3, "theta": 0.2, "lambda_max": 0.5, "sharpness": 2.0, "cons_temperature": 0.1}
+
+
+def _walk(rng, feats, start, length):
+    """A sequence whose next item is a near neighbour of the current one in ``feats``."""
+    sims = feats @ feats.T
+    seq = [start]
+    while len(seq) < length:
+        order = np.argsort(-sims[seq[-1]])
+        options = [i for i in order[1:12] if i not in seq]
+        seq.append(int(rng.choice(options[:4])))
+    return seq
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pmat")
+    rng = np.random.default_rng(0)
+    text = rng.normal(size=(N_ITEMS, 12)).astype(np.float32)
+    image = rng.normal(size=(N_ITEMS, 10)).astype(np.float32)
+    unit = [x / np.linalg.norm(x, axis=1, keepdims=True) for x in (text, image)]
+    rows, truth = [], []
+    for u in range(N_USERS):
+        image_led = u % 2 == 0
+        seq = _walk(rng, unit[1] if image_led else unit[0], int(rng.integers(N_ITEMS)), LENGTH)
+        for pos, item in enumerate(seq):
+            split = "train" if pos < LENGTH - 2 else ("valid" if pos == LENGTH - 2 else "test")
+            rows.append((u, item, 1000 * u + pos, pos, split))
+        truth.append((f"u{u}", "image" if image_led else "text", 0.8 if image_led else 0.2))
+    paths = {
+        "interactions": root / "interactions.parquet",
+        "catalogue": root / "items.parquet",
+        "users": root / "users.parquet",
+        "features": [str(root / "text.parquet"), str(root / "image.parquet")],
+    }
+    inter = pd.DataFrame(rows, columns=["user_idx", "item_idx", "timestamp", "position", "split"])
+    contracts.write_table(inter, paths["interactions"], contracts.INTERACTIONS)
+    items = pd.DataFrame({"item_idx": np.arange(N_ITEMS), "item_id": [f"i{i}" for i in range(N_ITEMS)],
+                          "text": "x", "image_url": None})  # fmt: skip
+    contracts.write_table(items, paths["catalogue"], contracts.ITEMS)
+    users = pd.DataFrame({"user_idx": np.arange(N_USERS), "user_id": [f"u{u}" for u in range(N_USERS)]})
+    contracts.write_table(users, paths["users"], contracts.USERS)
+    for path, x in zip(paths["features"], (text, image)):
+        contracts.write_features(path, np.arange(N_ITEMS), x, "test")
+    truth_path = root / "truth_users.parquet"
+    pd.DataFrame(truth, columns=["user_id", "preference", "alpha_image"]).to_parquet(truth_path)
+
+    out = {k: str(root / f"attention_{k}") for k in ("model", "log", "weights", "preference")}
+    preference = stages.train_attention(paths, MODALITIES, ATTENTION, 0, out, str(truth_path), "cpu")
+    ids = {}
+    for variant in ("global", "personalized"):
+        files = {k: str(root / f"{variant}_{k}.parquet") for k in ("ids", "prototypes", "assignment", "quality")}
+        ids[variant] = stages.tokenize(variant, {**paths, "attention": out["model"]}, MODALITIES, 3, TOKENIZER, files)
+    replay_out = {k: str(root / f"replay_{k}") for k in ("events", "summary", "assignment")}
+    personal = {k: str(root / f"personalized_{k}.parquet") for k in ("ids", "prototypes", "assignment")}
+    summary = stages.replay({**paths, "attention": out["model"], **personal}, PMAT, 8, replay_out)
+    return {"root": root, "paths": paths, "attention": out, "preference": preference, "ids": ids,
+            "summary": summary, "replay": replay_out}  # fmt: skip
+
+
+def test_user_weights_are_on_the_simplex_and_the_preference_is_recovered(planted):
+    weights = contracts.read_table(planted["attention"]["weights"], contracts.USER_WEIGHTS)
+    per_user = weights.groupby("user_idx")["weight"].sum()
+    assert len(per_user) == N_USERS
+    np.testing.assert_allclose(per_user, 1.0, atol=1e-6)
+    assert (weights["weight"] >= 0).all()
+    assert set(weights["planted_preference"]) == {"image", "text"}
+    pref = json.loads(open(planted["attention"]["preference"]).read())
+    assert pref["available"] and pref["n_users"] == N_USERS
+    # Planted two-group users: the learned image weight ranks image-led users higher.
+    assert pref["spearman"] > 0.6, pref
+    assert pref["accuracy_median_threshold"] > 0.8, pref
+
+
+def test_global_variant_is_one_table_equal_to_global_fusion_of_the_mean_weights(planted):
+    from pmsid.methods.pmat.stages import _load_bundle, _load_features
+
+    ids = contracts.read_personalized_ids(planted["root"] / "global_ids.parquet")
+    assert ids.shape == (1, N_ITEMS, TOKENIZER["levels"] + 1)
+    bundle = _load_bundle(planted["attention"]["model"])
+    features = _load_features(planted["paths"]["features"], N_ITEMS)
+    protos = contracts.read_table(planted["root"] / "global_prototypes.parquet", contracts.PROTOTYPES)
+    w = protos.set_index("modality").loc[MODALITIES, "weight"].to_numpy()
+    expected = global_fusion_ids(project_features(bundle, features), w, TOKENIZER["levels"], TOKENIZER["codes"],
+                                 seed=TOKENIZER["seed"], n_init=TOKENIZER["n_init"])  # fmt: skip
+    np.testing.assert_array_equal(ids[0], expected)
+
+
+def test_personalized_tables_are_unique_within_each_table_and_users_are_assigned(planted):
+    ids = contracts.read_personalized_ids(planted["root"] / "personalized_ids.parquet")
+    assert ids.shape[0] == 3
+    for table in ids:
+        assert len(np.unique(table, axis=0)) == N_ITEMS
+    assignment = stages.read_assignment(planted["root"] / "personalized_assignment.parquet", N_USERS)
+    assert set(assignment["train"]) == {0, 1, 2}
+    np.testing.assert_array_equal(assignment["train"], assignment["test"])  # no updates in the tokenizer
+    quality = contracts.read_table(planted["root"] / "personalized_quality.parquet", contracts.ID_QUALITY)
+    whole = quality[quality["level"] == -1].set_index("metric")["value"]
+    assert whole["uniqueness"] == 1.0 and whole["n_prototypes"] == 3
+    assert "semantic_consistency_gap" in set(quality["metric"])
+
+
+def test_replay_updates_follow_the_gate_and_the_bound(planted):
+    summary = planted["summary"]
+    events = pd.read_parquet(planted["replay"]["events"])
+    assert summary["n_events"] == len(events) == 2 * N_USERS  # valid, then test, per user
+    assert summary["n_bound_violations"] == 0
+    fired = events["fired"].to_numpy()
+    # Updates fire exactly above theta, and only fired events move a user.
+    np.testing.assert_array_equal(fired, events["drift"].to_numpy() > PMAT["theta"])
+    assert (events.loc[~fired, "lam"] == 0).all()
+    assert (events.loc[~fired, "old_prototype"] == events.loc[~fired, "new_prototype"]).all()
+    assert (events.loc[fired, "lam"] <= PMAT["lambda_max"]).all()
+    assert summary["n_fired"] > 0, "the planted walks should drift for some users at theta 0.2"
+    # The table in force at test is the one after the user's second event.
+    after = stages.read_assignment(planted["replay"]["assignment"], N_USERS)
+    test_events = events.groupby("user").nth(1).sort_values("user")
+    np.testing.assert_array_equal(after["test"], test_events["new_prototype"].to_numpy())
+    start = stages.read_assignment(planted["root"] / "personalized_assignment.parquet", N_USERS)["train"]
+    np.testing.assert_array_equal(after["train"], start)
+
+
+def test_too_many_prototypes_fail_naming_the_key(planted):
+    files = {k: str(planted["root"] / f"bad_{k}.parquet") for k in ("ids", "prototypes", "assignment", "quality")}
+    inputs = {**planted["paths"], "attention": planted["attention"]["model"]}
+    with pytest.raises(ValueError, match="pmat.prototypes"):
+        stages.tokenize("personalized", inputs, MODALITIES, N_USERS + 1, TOKENIZER, files)

@@ -1,0 +1,370 @@
+"""PMAT's workflow stages: read the rule's files, call the PMAT modules, write the outputs.
+
+Three rules per (dataset, seed), each a function here (the scripts in
+``workflow/scripts/pmat_*.py`` only unpack ``snakemake.*``):
+
+1. :func:`train_attention` (rule ``pmat_attention``): the user-modality
+   preference network; each user's weights from the training split, and, on
+   data with planted preferences (the synthetic dataset), how well they are
+   recovered.
+2. :func:`tokenize` (rule ``pmat_ids``): preference prototypes and their ID
+   tables under shared residual codebooks; ``variant`` "global" is P = 1
+   (global fusion, the ablation), "personalized" is P = ``pmat.prototypes``.
+3. :func:`replay` (rule ``pmat_replay``): drift-triggered updates over the
+   held-out interactions in time order, the table each user decodes under at
+   validation and test, update statistics, theorem 2's bound.
+
+The generator then trains and ranks under these tables (``pmsid.stages``,
+models ``pmat_global``, ``pmat_personalized``; evaluations ``pmat_global``,
+``pmat_static``, ``pmat_full``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy.stats import spearmanr
+
+from pmsid.data import contracts
+from pmsid.data.sequences import Sequences
+from pmsid.methods.pmat import attention as att
+from pmsid.methods.pmat import drift, id_quality, prototypes
+from pmsid.stages import load_sequences, write_json
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "valid", "test")
+
+
+def _load_features(feature_paths: list[str], n_items: int) -> list[np.ndarray]:
+    features = []
+    for path in feature_paths:
+        item_idx, matrix = contracts.read_features(path)
+        if not np.array_equal(item_idx, np.arange(n_items)):
+            raise ValueError(
+                f"{path}: features must cover item_idx 0..{n_items - 1} exactly; found {len(item_idx)} rows"
+            )
+        features.append(matrix)
+    return features
+
+
+def _sequences(interactions: str, catalogue: str) -> Sequences:
+    return load_sequences(interactions, catalogue)
+
+
+def _load_bundle(path: str) -> att.AttentionBundle:
+    return att.AttentionBundle.from_state(torch.load(path, map_location="cpu", weights_only=True))
+
+
+def _finite_or_none(x: float) -> float | None:
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
+# --------------------------------------------------------------------------- 1. attention
+
+
+def train_attention(
+    inputs: dict,
+    modalities: list[str],
+    cfg: dict,
+    seed: int,
+    outputs: dict,
+    truth_path: str | None = None,
+    device: str = "auto",
+) -> dict:
+    """Train the preference network; write model, log, per-user weights, preference recovery.
+
+    ``inputs``: ``features`` (one path per modality, in ``modalities``
+    order), ``interactions``, ``catalogue``, ``users``. ``outputs``:
+    ``model``, ``log``, ``weights``, ``preference``. ``truth_path``: a
+    Parquet of planted preferences (``user_id``, ``preference`` image/text,
+    ``alpha_image``), or None. Returns the preference figures.
+    """
+    if len(modalities) < 2:
+        raise ValueError(f"PMAT needs >= 2 modalities; the dataset has {modalities}")
+    seqs = _sequences(inputs["interactions"], inputs["catalogue"])
+    features = _load_features(inputs["features"], seqs.n_items)
+    bundle, frame = att.train_modality_attention(features, seqs, cfg, seed, device)
+    alphas = att.user_weights(bundle, features, seqs, "train")  # (U, M)
+
+    users = contracts.read_table(inputs["users"], contracts.USERS)
+    planted = pd.Series([None] * len(users), dtype=object)
+    preference = {"available": False, "reason": "the dataset has no planted preferences"}
+    if truth_path is not None:
+        preference, planted = _preference_recovery(alphas, modalities, users, truth_path)
+
+    weights = pd.DataFrame(
+        {
+            "user_idx": np.repeat(np.arange(len(alphas), dtype=np.int32), len(modalities)),
+            "modality": np.tile(modalities, len(alphas)),
+            "weight": alphas.reshape(-1),
+            "planted_preference": np.repeat(planted.to_numpy(), len(modalities)),
+        }
+    )
+    Path(outputs["model"]).parent.mkdir(parents=True, exist_ok=True)
+    state = bundle.state()
+    state["modalities"] = list(modalities)
+    torch.save(state, outputs["model"])
+    contracts.write_table(frame, outputs["log"], contracts.ATTENTION_LOG)
+    contracts.write_table(weights, outputs["weights"], contracts.USER_WEIGHTS, metadata={"modalities": modalities})
+    write_json({**preference, "seed": seed, "train_seconds": bundle.info["seconds"]}, outputs["preference"])
+    means = dict(zip(modalities, alphas.mean(axis=0).round(4).tolist()))
+    log.info("PMAT attention: mean weights %s, best epoch %d", means, bundle.best_epoch)
+    return preference
+
+
+def _preference_recovery(alphas, modalities, users, truth_path) -> tuple[dict, pd.Series]:
+    """Rank correlation and accuracy of the learned image weight against the planted preference."""
+    if "image" not in modalities:
+        return {"available": False, "reason": "planted preferences are image-vs-text; no image modality"}, pd.Series(
+            [None] * len(users), dtype=object
+        )
+    truth = pd.read_parquet(truth_path)
+    missing = [c for c in ("user_id", "preference", "alpha_image") if c not in truth.columns]
+    if missing:
+        raise ValueError(f"{truth_path}: missing column(s) {missing}; expected user_id, preference, alpha_image")
+    merged = users.merge(truth, on="user_id", how="left", validate="one_to_one").sort_values("user_idx")
+    known = merged["alpha_image"].notna().to_numpy()
+    if known.sum() < 3:
+        raise ValueError(f"{truth_path}: only {known.sum()} of the dataset's users have a planted preference")
+    learned = alphas[known, modalities.index("image")]
+    planted_alpha = merged.loc[known, "alpha_image"].to_numpy()
+    image_led = (merged.loc[known, "preference"] == "image").to_numpy()
+    rho, p = spearmanr(learned, planted_alpha)
+    figures = {
+        "available": True,
+        "reason": None,
+        "modality": "image",
+        "n_users": int(known.sum()),
+        "spearman": float(rho),
+        "spearman_p": float(p),
+        # Image-led iff the learned image weight is above the median over users
+        # (the planted split is about half-half), or above 1/2.
+        "accuracy_median_threshold": float(((learned > np.median(learned)) == image_led).mean()),
+        "accuracy_half_threshold": float(((learned > 0.5) == image_led).mean()),
+    }
+    log.info(
+        "PMAT attention: planted preference recovered with Spearman %.3f (p %.1e), accuracy %.3f (median threshold)",
+        rho,
+        p,
+        figures["accuracy_median_threshold"],
+    )
+    planted = merged["preference"].astype(object).where(merged["preference"].notna(), None).reset_index(drop=True)
+    return figures, planted
+
+
+# --------------------------------------------------------------------------- 2. ID tables
+
+
+def tokenize(
+    variant: str,
+    inputs: dict,
+    modalities: list[str],
+    n_prototypes: int,
+    tokenizer: dict,
+    outputs: dict,
+    max_fit_rows: int | None = None,
+) -> np.ndarray:
+    """Prototypes, assignment and personalized ID tables; writes ids, prototypes, assignment, quality.
+
+    ``variant`` "global": one prototype, the mean of the users' weights
+    (global fusion); "personalized": ``n_prototypes`` (config
+    ``pmat.prototypes``). ``inputs``: ``attention`` (the trained network),
+    ``features``, ``interactions``, ``catalogue``. Returns ids (P, N, L + 1).
+    """
+    if variant not in ("global", "personalized"):
+        raise ValueError(f"PMAT tokenize: variant must be 'global' or 'personalized', got {variant!r}")
+    seqs = _sequences(inputs["interactions"], inputs["catalogue"])
+    features = _load_features(inputs["features"], seqs.n_items)
+    bundle = _load_bundle(inputs["attention"])
+    f = att.project_features(bundle, features)
+    alphas = att.user_weights(bundle, features, seqs, "train")
+    P = 1 if variant == "global" else int(n_prototypes)
+    if P > seqs.n_users:
+        raise ValueError(f"config: pmat.prototypes = {P} exceeds the dataset's {seqs.n_users} users; lower it")
+    weights, assignment = prototypes.cluster_prototypes(alphas, P, seed=tokenizer["seed"])
+    tok = prototypes.PersonalizedTokenizer(
+        tokenizer["levels"],
+        tokenizer["codes"],
+        seed=tokenizer["seed"],
+        n_init=tokenizer["n_init"],
+        max_fit_rows=max_fit_rows,
+    )
+    ids = tok.fit_encode(f, weights)
+
+    contracts.write_personalized_ids(
+        outputs["ids"], ids, metadata={"variant": variant, "levels": tokenizer["levels"], "codes": tokenizer["codes"]}
+    )
+    contracts.write_table(
+        pd.DataFrame(
+            {
+                "prototype": np.repeat(np.arange(P, dtype=np.int32), len(modalities)),
+                "modality": np.tile(modalities, P),
+                "weight": weights.reshape(-1),
+            }
+        ),
+        outputs["prototypes"],
+        contracts.PROTOTYPES,
+    )
+    _write_assignment({split: assignment for split in SPLITS}, outputs["assignment"])
+    quality = _quality(ids, weights, f, tokenizer["codes"])
+    contracts.write_table(quality, outputs["quality"], contracts.ID_QUALITY)
+    whole = quality[quality["level"] == -1].set_index("metric")["value"]
+    log.info(
+        "PMAT %s IDs: P = %d, prototype sizes %s, uniqueness before dedup %.3f (mean over tables)",
+        variant,
+        P,
+        np.bincount(assignment, minlength=P).tolist(),
+        whole["uniqueness_before_dedup"],
+    )
+    return ids
+
+
+def _write_assignment(per_split: dict, path: str) -> None:
+    frames = [
+        pd.DataFrame({"user_idx": np.arange(len(a), dtype=np.int32), "split": split, "prototype": a.astype(np.int32)})
+        for split, a in per_split.items()
+    ]
+    contracts.write_table(pd.concat(frames, ignore_index=True), path, contracts.ASSIGNMENT)
+
+
+def read_assignment(path: str, n_users: int) -> dict[str, np.ndarray]:
+    """``{split: (U,) prototype}`` from an assignment file, every user present once per split."""
+    frame = contracts.read_table(path, contracts.ASSIGNMENT)
+    out = {}
+    for split in SPLITS:
+        rows = frame[frame["split"] == split].sort_values("user_idx")
+        if not np.array_equal(rows["user_idx"].to_numpy(), np.arange(n_users)):
+            raise ValueError(f"{path}: split {split!r} must list user_idx 0..{n_users - 1} once each")
+        out[split] = rows["prototype"].to_numpy(np.int64)
+    return out
+
+
+def _quality(ids: np.ndarray, weights: np.ndarray, f: list[np.ndarray], codebook_size: int) -> pd.DataFrame:
+    """ID quality in ID_QUALITY form: per-table figures averaged over the P tables, plus Theorem 1's."""
+    per_table = id_quality.table_id_quality(ids, codebook_size)
+    consistency = pd.concat(
+        [
+            id_quality.semantic_consistency_frame(ids[p], prototypes.fuse_weighted(f, weights[p])).assign(table=p)
+            for p in range(len(ids))
+        ],
+        ignore_index=True,
+    )
+    frames = [per_table, consistency]
+    mean = pd.concat(frames, ignore_index=True).groupby(["metric", "level"], as_index=False)["value"].mean()
+    extra = [pd.DataFrame({"metric": ["n_prototypes"], "level": [-1], "value": [float(len(ids))]})]
+    if len(ids) >= 3:
+        extra.append(id_quality.personalization_discrimination(ids, weights)["quality"])
+    out = pd.concat([mean, *extra], ignore_index=True)
+    return out.astype({"level": np.int32, "value": np.float64})[["metric", "level", "value"]]
+
+
+# --------------------------------------------------------------------------- 3. replay
+
+
+def replay(inputs: dict, cfg: dict, history_cap: int, outputs: dict, seed: int = 0) -> dict:
+    """Replay the valid and test interactions with drift-triggered updates.
+
+    ``inputs``: ``attention``, ``features``, ``interactions``, ``catalogue``,
+    and the personalized tokenizer's ``ids``, ``prototypes``, ``assignment``.
+    ``cfg``: ``window``, ``theta``, ``lambda_max``, ``sharpness``,
+    ``cons_temperature``. Writes ``events`` (Parquet, one row per event),
+    ``summary`` (JSON) and ``assignment`` (the table in force at each split).
+    """
+    seqs = _sequences(inputs["interactions"], inputs["catalogue"])
+    features = _load_features(inputs["features"], seqs.n_items)
+    bundle = _load_bundle(inputs["attention"])
+    f = att.project_features(bundle, features)
+    tables = contracts.read_personalized_ids(inputs["ids"])
+    proto_frame = contracts.read_table(inputs["prototypes"], contracts.PROTOTYPES)
+    proto_weights = proto_frame.pivot(index="prototype", columns="modality", values="weight")
+    proto_weights = proto_weights[list(bundle_modalities(inputs["attention"]))].to_numpy()
+    start = read_assignment(inputs["assignment"], seqs.n_users)["train"]
+    alphas = att.user_weights(bundle, features, seqs, "train")
+    gate = drift.DriftGate(cfg["theta"], cfg["lambda_max"], cfg["sharpness"])
+
+    def weights_fn(window_items: np.ndarray) -> np.ndarray:
+        return att.histories_weights(bundle, features, window_items[None])[0]
+
+    result = drift.replay_updates(
+        seqs,
+        split_start=-2,
+        tables=tables,
+        prototype_weights=proto_weights,
+        assignment=start,
+        alphas=alphas,
+        weights_fn=weights_fn,
+        features=f,
+        window=cfg["window"],
+        gate=gate,
+        history_cap=history_cap,
+        seed=seed,
+    )
+    events = result.events
+    # The table each user decodes under when a split's target is ranked: the
+    # state after the event at that target's position (it has seen only
+    # earlier items).
+    valid_rows = events.groupby("user").nth(0).sort_values("user")
+    test_rows = events.groupby("user").nth(1).sort_values("user")
+    per_split = {
+        "train": start,
+        "valid": valid_rows["new_prototype"].to_numpy(np.int64),
+        "test": test_rows["new_prototype"].to_numpy(np.int64),
+    }
+    _write_assignment(per_split, outputs["assignment"])
+
+    summary = dict(result.summary)
+    summary["mean_consistency_loss"] = _consistency(seqs, events, result.event_alphas, alphas, f, cfg)
+    summary["n_users_valid_table_changed"] = int((per_split["valid"] != start).sum())
+    summary["n_users_test_table_changed"] = int((per_split["test"] != start).sum())
+    Path(outputs["events"]).parent.mkdir(parents=True, exist_ok=True)
+    events.to_parquet(outputs["events"], index=False)
+    write_json(summary, outputs["summary"])
+    return summary
+
+
+def bundle_modalities(path: str) -> list[str]:
+    """The modality order the attention network was trained with."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if "modalities" not in state:
+        raise ValueError(f"{path}: no 'modalities' entry; retrain it with the pmat_attention rule")
+    return state["modalities"]
+
+
+def _consistency(seqs, events, event_alphas, start_alphas, f, cfg) -> float | None:
+    """Mean L_cons (theorem 3) over the fired updates of the replay.
+
+    Per fired event: h_t and h_{t+1} are the mean fused feature of the
+    user's history under the weights before and after the update, the
+    interest is the mean fused feature of the last W items under the new
+    weights, lam the event's gate value; the other fired events' interests
+    are the in-batch negatives. None when fewer than two updates fired.
+    """
+    fired = np.flatnonzero(events["fired"].to_numpy())
+    if len(fired) < 2:
+        return None
+    before = np.empty_like(event_alphas)
+    users = events["user"].to_numpy()
+    for e in range(len(events)):
+        first = e == 0 or users[e - 1] != users[e]
+        before[e] = start_alphas[users[e]] if first else event_alphas[e - 1]
+    h_t, h_next, interest = [], [], []
+    for e in fired:
+        history = np.asarray(seqs.items[users[e]][: events["position"].iat[e]], dtype=np.int64)
+        h_t.append(drift.fused_features(f, before[e], history).mean(axis=0))
+        h_next.append(drift.fused_features(f, event_alphas[e], history).mean(axis=0))
+        interest.append(drift.short_term_interest(f, event_alphas[e], history, cfg["window"]))
+    lam = torch.as_tensor(events["lam"].to_numpy()[fired])
+    loss = drift.consistency_loss(
+        torch.as_tensor(np.stack(h_next)),
+        torch.as_tensor(np.stack(h_t)),
+        torch.as_tensor(np.stack(interest)),
+        lam,
+        temperature=cfg["cons_temperature"],
+    )
+    return _finite_or_none(float(loss))
