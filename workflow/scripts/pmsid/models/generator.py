@@ -232,7 +232,11 @@ class TigerGenerator(nn.Module):
         ``history (N, cap)`` is read under ``table`` (see :meth:`encode`).
         """
         memory, pad = self.encode(history, table)
-        h = self.decoder_hidden(memory, pad, target_codes[:, None, :-1])[:, 0]  # (N, D, d)
+        return self.memory_logits(memory, pad, target_codes)
+
+    def memory_logits(self, memory: torch.Tensor, memory_pad: torch.Tensor, target_codes: torch.Tensor) -> torch.Tensor:
+        """:meth:`full_logits` from an encoder output ``memory (N, L, d)``, ``memory_pad (N, L)``."""
+        h = self.decoder_hidden(memory, memory_pad, target_codes[:, None, :-1])[:, 0]  # (N, D, d)
         logits = self.head(h).float()  # (N, D, V)
         return logits.masked_fill(~self.level_mask, float("-inf"))
 
@@ -245,8 +249,19 @@ class TigerGenerator(nn.Module):
         (None = table 0, an int, or a LongTensor ``(N,)``): a user's history
         and target are IDs of the user's own table.
         """
+        memory, pad = self.encode(history, table)
+        return self.loss_from_memory(memory, pad, target_items, table)
+
+    def loss_from_memory(
+        self,
+        memory: torch.Tensor,
+        memory_pad: torch.Tensor,
+        target_items: torch.Tensor,
+        table: int | torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """:meth:`loss` from an encoder output, for callers that reuse the memory (MCRL's user context)."""
         codes = self.item_codes(target_items, table)  # (N, D)
-        logits = self.full_logits(history, codes, table)
+        logits = self.memory_logits(memory, memory_pad, codes)
         targets = codes + self.offsets  # (N, D) vocabulary tokens
         return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
 
@@ -256,9 +271,7 @@ class TigerGenerator(nn.Module):
         ``memory (N, L, d)``, ``memory_pad (N, L)``, ``codes (N, D)``; returns ``(N,)``.
         Used by the brute-force reference ranking (each row decoded alone).
         """
-        h = self.decoder_hidden(memory, memory_pad, codes[:, None, :-1])[:, 0]  # (N, D, d)
-        logits = self.head(h).float().masked_fill(~self.level_mask, float("-inf"))
-        logp = F.log_softmax(logits, dim=-1)  # (N, D, V)
+        logp = F.log_softmax(self.memory_logits(memory, memory_pad, codes), dim=-1)  # (N, D, V)
         tokens = codes + self.offsets
         return logp.gather(-1, tokens[..., None]).squeeze(-1).sum(dim=-1)
 

@@ -59,7 +59,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from numbers import Integral, Real
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from pmsid.methods.mcrl.losses import (
@@ -201,15 +200,6 @@ class JointModel(nn.Module):
         memory, pad = self.generator.encode(history, table)
         return self._pool(memory, pad)
 
-    def _id_loss(self, memory, pad, target, table) -> torch.Tensor:
-        # TigerGenerator.loss with the encoder already run: the same operations
-        # in the same order (test_mcrl_joint checks the value bit for bit).
-        g = self.generator
-        codes = g.item_codes(target, table)  # (N, D)
-        h = g.decoder_hidden(memory, pad, codes[:, None, :-1])[:, 0]  # (N, D, d)
-        logits = g.head(h).float().masked_fill(~g.level_mask, float("-inf"))  # (N, D, V)
-        return F.cross_entropy(logits.flatten(0, 1), (codes + g.offsets).flatten())
-
     # -------------------------------------------------------------------- losses
     def active(self, terms: Iterable[str] | None = None) -> frozenset[str]:
         """The configured losses narrowed to ``terms`` (None: all configured)."""
@@ -281,7 +271,7 @@ class JointModel(nn.Module):
         out = {}
         if "user" in active:
             memory, pad = self.generator.encode(history, table)  # encoder once, for L_ID and the context
-            out["id"] = self._id_loss(memory, pad, target, table)
+            out["id"] = self.generator.loss_from_memory(memory, pad, target, table)
             user = self._pool(memory, pad)  # (N, d_out)
         else:
             out["id"] = self.generator.loss(history, target, table)
