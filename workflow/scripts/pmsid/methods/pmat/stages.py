@@ -31,7 +31,6 @@ import torch
 from scipy.stats import spearmanr
 
 from pmsid.data import contracts
-from pmsid.data.sequences import Sequences
 from pmsid.methods.pmat import attention as att
 from pmsid.methods.pmat import drift, id_quality, prototypes
 from pmsid.stages import load_sequences, write_json
@@ -53,12 +52,16 @@ def _load_features(feature_paths: list[str], n_items: int) -> list[np.ndarray]:
     return features
 
 
-def _sequences(interactions: str, catalogue: str) -> Sequences:
-    return load_sequences(interactions, catalogue)
-
-
 def _load_bundle(path: str) -> att.AttentionBundle:
-    return att.AttentionBundle.from_state(torch.load(path, map_location="cpu", weights_only=True))
+    return _load_attention(path)[0]
+
+
+def _load_attention(path: str) -> tuple[att.AttentionBundle, list[str]]:
+    """The trained preference network and the modality order it was trained with."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if "modalities" not in state:
+        raise ValueError(f"{path}: no 'modalities' entry; retrain it with the pmat_attention rule")
+    return att.AttentionBundle.from_state(state), list(state["modalities"])
 
 
 def _finite_or_none(x: float) -> float | None:
@@ -87,7 +90,7 @@ def train_attention(
     """
     if len(modalities) < 2:
         raise ValueError(f"PMAT needs >= 2 modalities; the dataset has {modalities}")
-    seqs = _sequences(inputs["interactions"], inputs["catalogue"])
+    seqs = load_sequences(inputs["interactions"], inputs["catalogue"])
     features = _load_features(inputs["features"], seqs.n_items)
     bundle, frame = att.train_modality_attention(features, seqs, cfg, seed, device)
     alphas = att.user_weights(bundle, features, seqs, "train")  # (U, M)
@@ -179,7 +182,7 @@ def tokenize(
     """
     if variant not in ("global", "personalized"):
         raise ValueError(f"PMAT tokenize: variant must be 'global' or 'personalized', got {variant!r}")
-    seqs = _sequences(inputs["interactions"], inputs["catalogue"])
+    seqs = load_sequences(inputs["interactions"], inputs["catalogue"])
     features = _load_features(inputs["features"], seqs.n_items)
     bundle = _load_bundle(inputs["attention"])
     f = att.project_features(bundle, features)
@@ -276,14 +279,20 @@ def replay(inputs: dict, cfg: dict, history_cap: int, outputs: dict, seed: int =
     ``cons_temperature``. Writes ``events`` (Parquet, one row per event),
     ``summary`` (JSON) and ``assignment`` (the table in force at each split).
     """
-    seqs = _sequences(inputs["interactions"], inputs["catalogue"])
+    seqs = load_sequences(inputs["interactions"], inputs["catalogue"])
     features = _load_features(inputs["features"], seqs.n_items)
-    bundle = _load_bundle(inputs["attention"])
+    bundle, modalities = _load_attention(inputs["attention"])
     f = att.project_features(bundle, features)
     tables = contracts.read_personalized_ids(inputs["ids"])
     proto_frame = contracts.read_table(inputs["prototypes"], contracts.PROTOTYPES)
     proto_weights = proto_frame.pivot(index="prototype", columns="modality", values="weight")
-    proto_weights = proto_weights[list(bundle_modalities(inputs["attention"]))].to_numpy()
+    missing = [m for m in modalities if m not in proto_weights.columns]
+    if missing:
+        raise ValueError(
+            f"{inputs['prototypes']}: no weights for modality(ies) {missing}; the preference network "
+            f"{inputs['attention']} was trained on {modalities}. Rerun pmat_ids."
+        )
+    proto_weights = proto_weights[modalities].to_numpy()
     start = read_assignment(inputs["assignment"], seqs.n_users)["train"]
     alphas = att.user_weights(bundle, features, seqs, "train")
     gate = drift.DriftGate(cfg["theta"], cfg["lambda_max"], cfg["sharpness"])
@@ -326,14 +335,6 @@ def replay(inputs: dict, cfg: dict, history_cap: int, outputs: dict, seed: int =
     events.to_parquet(outputs["events"], index=False)
     write_json(summary, outputs["summary"])
     return summary
-
-
-def bundle_modalities(path: str) -> list[str]:
-    """The modality order the attention network was trained with."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if "modalities" not in state:
-        raise ValueError(f"{path}: no 'modalities' entry; retrain it with the pmat_attention rule")
-    return state["modalities"]
 
 
 def _consistency(seqs, events, event_alphas, start_alphas, f, cfg) -> float | None:
