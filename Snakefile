@@ -18,6 +18,7 @@ include: "workflow/rules/tokenize.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/baselines.smk"
 include: "workflow/rules/pmat.smk"
+include: "workflow/rules/mcrl.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
 

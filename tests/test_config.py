@@ -3,6 +3,8 @@ before any job runs, naming the key (RELIABILITY.md 1-4)."""
 
 from __future__ import annotations
 
+import re
+
 import yaml
 import pytest
 from snakemake.utils import validate
@@ -74,6 +76,21 @@ def test_omitted_optional_keys_take_documented_defaults():
         ),
         # PMAT: a dataset that is not run
         ({"datasets": ["synthetic"]}, "pmat.datasets lists 'ml-100k', which is not in datasets"),
+        # MCRL: a negative loss weight, a temperature <= 0, an unknown ablation
+        ({"mcrl": {"a": -0.5}}, "On instance['mcrl']['a']"),
+        ({"mcrl": {"lambda2": -1}}, "On instance['mcrl']['lambda2']"),
+        ({"mcrl": {"tau": 0}}, "On instance['mcrl']['tau']"),
+        ({"mcrl": {"ablations": ["none", "everything"]}}, "'everything' is not one of"),
+        # MCRL: L_inter on a dataset with one modality
+        (
+            {"pmat": {"datasets": ["synthetic"]},
+             "dataset_specs": {"ml-100k": {"reader": "ml100k", "text_fields": ["title"], "modalities": ["text"]}}},
+            "mcrl.ablations ['inter', 'user_inter', 'intra_inter', 'all'] train L_inter on 'ml-100k', whose "
+            "dataset_specs.ml-100k.modalities is ['text']",
+        ),
+        # MCRL: a dataset that is not run
+        ({"datasets": ["synthetic"], "pmat": {"datasets": ["synthetic"]}},
+         "mcrl.datasets lists 'ml-100k', which is not in datasets"),
     ],
 )
 def test_bad_config_fails_at_parse_time_naming_the_key(tmp_path, override, expected):
@@ -106,8 +123,27 @@ def test_default_dag_builds_and_lint_is_clean(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     for rule in ["synthetic_dataset", "prepare_dataset", "text_features", "image_features", "pseudolabels",
                  "rqkmeans_ids", "train_tiger", "train_sasrec", "evaluate_tiger", "evaluate_sasrec", "report",
-                 "behaviour_features", "pmat_attention", "pmat_ids", "pmat_replay", "train_pmat", "evaluate_pmat"]:
+                 "behaviour_features", "pmat_attention", "pmat_ids", "pmat_replay", "train_pmat", "evaluate_pmat",
+                 "train_mcrl", "evaluate_mcrl", "mcrl_id_space", "mcrl_tsne"]:
         assert rule in result.stdout, f"rule {rule} missing from the default DAG"
     lint = run_snakemake(tmp_path, "--lint", "--configfile", str(DEFAULT), timeout=300)
     assert lint.returncode == 0, lint.stdout[-3000:] + lint.stderr[-3000:]
     assert "Congratulations" in lint.stdout + lint.stderr
+
+
+def test_mcrl_on_a_one_modality_dataset_without_l_inter_starts_from_tiger(tmp_path):
+    """A dataset outside PMAT with one modality: L_user and L_intra run, on top of TIGER's generator."""
+    override = {
+        "pmat": {"datasets": ["synthetic"]},
+        "dataset_specs": {"ml-100k": {"reader": "ml100k", "text_fields": ["title"], "modalities": ["text"]}},
+        "mcrl": {"ablations": ["none", "user", "intra"]},
+    }
+    (tmp_path / "ok.yaml").write_text(yaml.safe_dump(override))
+    result = run_snakemake(tmp_path, "-n", "--configfile", str(DEFAULT), str(tmp_path / "ok.yaml"), timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    jobs = re.split(r"^\[.*\]$", result.stdout, flags=re.MULTILINE)  # each job starts with a [timestamp] line
+    ml100k = [j for j in jobs if "rule train_mcrl:" in j and "dataset=ml-100k" in j]
+    synthetic = [j for j in jobs if "rule train_mcrl:" in j and "dataset=synthetic" in j]
+    assert len(ml100k) == len(synthetic) == 3
+    assert all("results/train/ml-100k/tiger/seed0/model.pt" in j for j in ml100k)
+    assert all("results/train/synthetic/pmat_personalized/seed0/model.pt" in j for j in synthetic)

@@ -59,6 +59,13 @@ def test_report_holds_both_models_for_both_datasets(finished_run):
         for modality in (["text"] if dataset != "synthetic" else ["text", "image"]):
             assert (finished_run / "results" / "pseudolabels" / dataset / f"{modality}.parquet").exists()
     assert (finished_run / "logs" / "train_tiger" / "synthetic_seed0.log").read_text().strip()
+    # MCRL: its ablations in their own table, not in the main one.
+    mcrl = pd.read_csv(report / "mcrl_ablation.csv")
+    assert set(zip(mcrl["dataset"], mcrl["model"])) == {
+        (d, m) for d in ["ml-100k-tiny", "synthetic"] for m in ["mcrl_none", "mcrl_all"]
+    }
+    for name in ["mcrl_id_space.csv", "mcrl_cost.csv", "mcrl_loss_curves.png", "mcrl_tsne.png"]:
+        assert (report / name).stat().st_size > 0, name
 
 
 @pytest.mark.slow

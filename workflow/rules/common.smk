@@ -46,6 +46,7 @@ def _check_config():
                 f"config: dataset_specs.{name}.modality_weights are all zero"
             )
     _check_pmat()
+    _check_mcrl()
     ks = config["evaluation"]["ks"]
     if config["evaluation"]["beam_size"] < max(ks):
         raise ValueError(
@@ -93,6 +94,36 @@ def _check_pmat():
         )
 
 
+MCRL_LOSSES = {
+    "none": [],
+    "user": ["user"],
+    "intra": ["intra"],
+    "inter": ["inter"],
+    "user_intra": ["user", "intra"],
+    "user_inter": ["user", "inter"],
+    "intra_inter": ["intra", "inter"],
+    "all": ["user", "intra", "inter"],
+}  # the ablations' losses, as pmsid.methods.mcrl.ABLATIONS (a test checks they agree)
+
+
+def _check_mcrl():
+    mcrl = config["mcrl"]
+    for name in mcrl["datasets"]:
+        if name not in config["datasets"]:
+            raise ValueError(
+                f"config: mcrl.datasets lists '{name}', which is not in datasets {config['datasets']}; "
+                "add it there or remove it from mcrl.datasets"
+            )
+        modalities = config["dataset_specs"][name]["modalities"]
+        with_inter = [a for a in mcrl["ablations"] if "inter" in MCRL_LOSSES[a]]
+        if len(modalities) < 2 and mcrl["b"] > 0 and with_inter:
+            raise ValueError(
+                f"config: mcrl.ablations {with_inter} train L_inter on '{name}', whose "
+                f"dataset_specs.{name}.modalities is {modalities}; L_inter contrasts two modalities of an "
+                "item: drop those ablations, set mcrl.b: 0, or remove the dataset from mcrl.datasets"
+            )
+
+
 SYNTHETIC_REVIEWS = "resources/synthetic/Synthetic_5.json.gz"
 _check_config()
 
@@ -103,6 +134,7 @@ wildcard_constraints:
     seed=r"\d+",
     variant="global|personalized",
     ablation="global|static|full",
+    mcrl_ablation="|".join(MCRL_LOSSES),
 
 
 def get_spec(dataset):
@@ -328,6 +360,99 @@ def get_pseudolabel_files():
         for d in config["datasets"]
         for m in get_spec(d)["modalities"]
     ]
+
+
+def mcrl_base(dataset):
+    """MCRL's stage-1 generator on `dataset`: PMAT's personalized one where
+    PMAT runs, TIGER's otherwise."""
+    return "pmat_personalized" if dataset in config["pmat"]["datasets"] else "tiger"
+
+
+def get_mcrl_train_inputs(wildcards):
+    """Stage-1 generator, its ID tables (and users' tables under PMAT), and
+    the pseudo-labels of every modality (inputs labels_{modality})."""
+    d, s = wildcards.dataset, wildcards.seed
+    base = mcrl_base(d)
+    files = {
+        "interactions": f"results/data/{d}/interactions.parquet",
+        "catalogue": f"results/data/{d}/items.parquet",
+        "init": f"results/train/{d}/{base}/seed{s}/model.pt",
+    }
+    if base == "tiger":
+        files["ids"] = f"results/tokenize/{d}/rqkmeans/ids.parquet"
+    else:
+        files["ids"] = f"results/tokenize/{d}/pmat_personalized/seed{s}/ids.parquet"
+        files["assignment"] = f"results/tokenize/{d}/pmat_personalized/seed{s}/assignment.parquet"
+    for m in get_spec(d)["modalities"]:
+        files[f"labels_{m}"] = f"results/pseudolabels/{d}/{m}.parquet"
+    return files
+
+
+def get_mcrl_evaluate_inputs(wildcards):
+    """An MCRL model with the tables its stage-1 generator is evaluated
+    under: pmat_full's replayed tables, or TIGER's single table."""
+    d, s = wildcards.dataset, wildcards.seed
+    files = {
+        "interactions": f"results/data/{d}/interactions.parquet",
+        "catalogue": f"results/data/{d}/items.parquet",
+        "model": f"results/train/{d}/mcrl_{wildcards.mcrl_ablation}/seed{s}/model.pt",
+    }
+    if mcrl_base(d) == "tiger":
+        files["ids"] = f"results/tokenize/{d}/rqkmeans/ids.parquet"
+    else:
+        files["ids"] = f"results/tokenize/{d}/pmat_personalized/seed{s}/ids.parquet"
+        files["assignment"] = f"results/pmat/{d}/seed{s}/replay/assignment.parquet"
+    return files
+
+
+def get_mcrl_label_inputs(wildcards):
+    return {
+        f"labels_{m}": f"results/pseudolabels/{wildcards.dataset}/{m}.parquet"
+        for m in get_spec(wildcards.dataset)["modalities"]
+    }
+
+
+def get_mcrl_files(kind):
+    """One file kind of every MCRL run, for the report."""
+    patterns = {
+        "metrics": "results/evaluate/{dataset}/mcrl_{ablation}/seed{seed}/metrics.parquet",
+        "per_user": "results/evaluate/{dataset}/mcrl_{ablation}/seed{seed}/per_user.parquet",
+        "components": "results/train/{dataset}/mcrl_{ablation}/seed{seed}/loss_components.parquet",
+        "id_space": "results/mcrl/{dataset}/mcrl_{ablation}/seed{seed}/id_space.json",
+        "tsne": "results/mcrl/{dataset}/mcrl_{ablation}/seed{seed}/tsne.parquet",
+    }
+    ablations, seeds = config["mcrl"]["ablations"], config["seeds"]
+    if kind == "tsne":  # the figure's runs only: first seed, none and all (or the first and last run)
+        shown = [a for a in ("none", "all") if a in ablations]
+        ablations, seeds = shown or list(dict.fromkeys([ablations[0], ablations[-1]])), seeds[:1]
+    return expand(
+        patterns[kind],
+        dataset=config["mcrl"]["datasets"],
+        ablation=ablations,
+        seed=seeds,
+    )
+
+
+def get_mcrl_report_outputs():
+    """The report's MCRL tables and figures (none when no dataset runs MCRL)."""
+    if not (config["mcrl"]["datasets"] and config["mcrl"]["ablations"]):
+        return {}
+    outputs = {}
+    for stem in ["mcrl_ablation", "mcrl_id_space", "mcrl_cost"]:
+        outputs[f"{stem}_csv"] = report(
+            f"results/report/{stem}.csv",
+            caption=f"../report/{stem}.rst",
+            category="MCRL",
+        )
+        outputs[f"{stem}_md"] = f"results/report/{stem}.md"
+        outputs[f"{stem}_tex"] = f"results/report/{stem}.tex"
+    for stem in ["mcrl_loss_curves", "mcrl_tsne"]:
+        outputs[stem] = report(
+            f"results/report/{stem}.png",
+            caption=f"../report/{stem}.rst",
+            category="MCRL",
+        )
+    return outputs
 
 
 def get_final_outputs():

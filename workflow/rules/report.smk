@@ -12,9 +12,15 @@ rule report:
         pmat_preference=get_pmat_files("preference"),
         pmat_replay=get_pmat_files("replay"),
         pmat_quality=get_pmat_files("quality"),
-        code=get_package_sources("report", "evaluate"),
+        mcrl_metrics=get_mcrl_files("metrics"),
+        mcrl_per_user=get_mcrl_files("per_user"),
+        mcrl_components=get_mcrl_files("components"),
+        mcrl_id_space=get_mcrl_files("id_space"),
+        mcrl_tsne=get_mcrl_files("tsne"),
+        code=get_package_sources("report", "evaluate", "methods/mcrl/__init__.py"),
     output:
         **get_pmat_report_outputs(),
+        **get_mcrl_report_outputs(),
         index="results/report/README.md",
         main_csv=report(
             "results/report/main_comparison.csv",

@@ -21,4 +21,10 @@ build_report(
     pmat_preference_paths=list(snakemake.input.get("pmat_preference", [])),
     pmat_replay_paths=list(snakemake.input.get("pmat_replay", [])),
     pmat_quality_paths=list(snakemake.input.get("pmat_quality", [])),
+    # MCRL's inputs likewise: its ablations' metrics come apart from `metrics`, so the main table is unchanged.
+    mcrl_metrics_paths=list(snakemake.input.get("mcrl_metrics", [])),
+    mcrl_per_user_paths=list(snakemake.input.get("mcrl_per_user", [])),
+    mcrl_components_paths=list(snakemake.input.get("mcrl_components", [])),
+    mcrl_id_space_paths=list(snakemake.input.get("mcrl_id_space", [])),
+    mcrl_tsne_paths=list(snakemake.input.get("mcrl_tsne", [])),
 )

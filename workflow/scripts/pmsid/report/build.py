@@ -9,7 +9,7 @@ import logging
 import os
 from pathlib import Path
 
-from pmsid.report import figures, pmat, tables
+from pmsid.report import figures, mcrl, pmat, tables
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +29,11 @@ def build_report(
     pmat_preference_paths: list[str] = (),
     pmat_replay_paths: list[str] = (),
     pmat_quality_paths: list[str] = (),
+    mcrl_metrics_paths: list[str] = (),
+    mcrl_per_user_paths: list[str] = (),
+    mcrl_components_paths: list[str] = (),
+    mcrl_id_space_paths: list[str] = (),
+    mcrl_tsne_paths: list[str] = (),
 ) -> list[str]:
     """Write every table and figure of the report into ``out_dir``; returns the written paths.
 
@@ -47,10 +52,20 @@ def build_report(
     ``pmat_ablation``, ``pmat_updates``, ``pmat_preference`` and
     ``pmat_id_quality`` and the figures ``pmat_weights.png`` and
     ``pmat_semantic_consistency.png``. Without them nothing PMAT is written.
+
+    The ``mcrl_*_paths`` (the MCRL ablations' metrics and per-user files,
+    loss components, ID-space measures and t-SNE maps; all five or none) add
+    the MCRL section of :func:`pmsid.report.mcrl.write_mcrl_report`: the
+    tables ``mcrl_ablation``, ``mcrl_id_space`` and ``mcrl_cost`` and the
+    figures ``mcrl_loss_curves.png`` and ``mcrl_tsne.png``. The MCRL runs'
+    metrics stay out of ``metrics_paths``, so the main comparison is the same
+    with or without them.
     """
     # Checked first, so that a partial set of PMAT inputs fails before any work.
     pmat_inputs = [pmat_weights_paths, pmat_preference_paths, pmat_replay_paths, pmat_quality_paths]
     with_pmat = pmat.requested(*pmat_inputs)
+    mcrl_inputs = [mcrl_per_user_paths, mcrl_components_paths, mcrl_id_space_paths, mcrl_tsne_paths]
+    with_mcrl = mcrl.requested(mcrl_metrics_paths, *mcrl_inputs)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written: list[str] = []
@@ -104,6 +119,15 @@ def build_report(
         written += pmat_written
         sections += pmat_sections
         figure_captions.update(pmat_figures)
+    if with_mcrl:
+        mcrl_runs = tables.collect_runs(mcrl_metrics_paths, exclude_history=exclude_history)
+        mcrl_written, mcrl_sections, mcrl_figures = mcrl.write_mcrl_report(
+            mcrl_runs, *mcrl_inputs, out=out, exclude_history=exclude_history,
+            metrics=metrics, significance_metric=significance_metric, alpha=alpha,
+        )  # fmt: skip
+        written += mcrl_written
+        sections += mcrl_sections
+        figure_captions.update(mcrl_figures)
 
     readme = _readme(
         sections=sections,

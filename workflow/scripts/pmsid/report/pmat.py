@@ -29,14 +29,14 @@ import seaborn as sns
 
 from pmsid.data.contracts import ID_QUALITY, USER_WEIGHTS, read_table
 from pmsid.report import figures, tables
-from pmsid.report.tables import DECIMALS, PM
+from pmsid.report.tables import PM
 
 log = logging.getLogger(__name__)
 
 # The ablation's rows, in table order; pmat_global is the reference of the paired tests.
 PMAT_MODELS = ["pmat_global", "pmat_static", "pmat_full"]
 ABLATION_BASELINE = "pmat_global"
-ABLATION_METRICS = ["Recall@10", "NDCG@10", "Recall@20", "NDCG@20"]
+ABLATION_METRICS = tables.ABLATION_METRICS
 
 MODEL_DESCRIPTIONS = {
     "pmat_global": "one global fusion of the modalities (P = 1), the same IDs for every user",
@@ -197,30 +197,7 @@ def collect_pmat_quality(paths: list[str]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)[["dataset", "variant", "seed", "metric", "level", "value"]]
 
 
-def _check_same_runs(frames: dict[str, pd.DataFrame]) -> None:
-    """weights, preference and replay come from the same PMAT runs: the same (dataset, seed) pairs."""
-    runs = {name: set(zip(f["dataset"], f["seed"])) for name, f in frames.items()}
-    union = set().union(*runs.values())
-    for name, have in runs.items():
-        if have != union:
-            raise ValueError(
-                f"PMAT report: no {name} file for (dataset, seed) {sorted(union - have)}; "
-                "weights, preference and replay files must cover the same PMAT runs"
-            )
-
-
 # --------------------------------------------------------------------------- tables
-
-
-def _mean_std(values) -> str:
-    """``mean ± std`` over seeds as in the main table (std only with more than one value); ``-`` if none."""
-    values = pd.Series(values, dtype="float64").dropna()
-    if values.empty:
-        return "-"
-    text = f"{values.mean():.{DECIMALS}f}"
-    if len(values) > 1:
-        text += f" {PM} {values.std(ddof=1):.{DECIMALS}f}"
-    return text
 
 
 def ablation_table(
@@ -228,45 +205,14 @@ def ablation_table(
 ) -> pd.DataFrame:
     """One row per (dataset, PMAT model): ``mean ± std`` of ABLATION_METRICS, then a paired test.
 
-    ``runs`` is :func:`pmsid.report.tables.collect_runs`'s frame; the cells
-    come from :func:`pmsid.report.tables.main_table` restricted to the PMAT
-    models present (bold = best of them per dataset). Each model is tested
-    against ``pmat_global`` of the same dataset with
-    :func:`pmsid.report.tables.significance` on per-user test ``metric``;
-    the ``pmat_global`` rows, and datasets without it, have no test (NaN).
+    :func:`pmsid.report.tables.ablation_table` with PMAT_MODELS against
+    ``pmat_global``: ``runs`` is :func:`pmsid.report.tables.collect_runs`'s
+    frame (bold = best of the PMAT models per dataset); the ``pmat_global``
+    rows, and datasets without it, have no test (NaN).
     """
-    pmat_runs = runs[runs["model"].isin(PMAT_MODELS)]
-    if pmat_runs.empty:
-        raise ValueError(
-            f"ablation_table: none of {PMAT_MODELS} among the evaluated models {sorted(runs['model'].unique())}; "
-            "pass their metrics.parquet in metrics_paths"
-        )
-    table = tables.main_table(pmat_runs, split="test", metrics=ABLATION_METRICS)
-    order = {m: i for i, m in enumerate(PMAT_MODELS)}
-    table = table.sort_values(["dataset", "model"], key=lambda c: c.map(order) if c.name == "model" else c)
-
-    with_global = set(pmat_runs.loc[pmat_runs["model"] == ABLATION_BASELINE, "dataset"])
-    paths = []
-    for path in per_user_paths:
-        run = tables.parse_run_path(path, "evaluate", "per_user.parquet")
-        if run["model"] in PMAT_MODELS and run["dataset"] in with_global:
-            paths.append(path)
-    columns = ["dataset", "model", f"delta_{metric}", "wilcoxon_p", "ttest_p", "significant"]
-    if paths:
-        sig = tables.significance(paths, ABLATION_BASELINE, metric=metric, alpha=alpha)
-        sig = sig.rename(columns={"delta": f"delta_{metric}"})[columns]
-    else:
-        sig = pd.DataFrame(columns=columns)
-    table = table.merge(sig, on=["dataset", "model"], how="left")
-    untested = table[table["dataset"].isin(with_global) & (table["model"] != ABLATION_BASELINE)]
-    untested = untested[untested["wilcoxon_p"].isna()]
-    if len(untested):
-        first = untested.iloc[0]
-        raise ValueError(
-            f"ablation_table: no per_user.parquet for {first['model']} on dataset '{first['dataset']}'; "
-            "pass every evaluated PMAT model's per-user file in per_user_paths"
-        )
-    return table.reset_index(drop=True)
+    return tables.ablation_table(
+        runs, per_user_paths, PMAT_MODELS, ABLATION_BASELINE, ABLATION_METRICS, metric, alpha, what="ablation_table"
+    )
 
 
 def ablation_caption(
@@ -277,9 +223,8 @@ def ablation_caption(
     return (
         f"PMAT ablation on the test split. Rows: {rows}. Cells: mean {PM} sample standard deviation over "
         "seeds ('seeds' gives their number); bold marks the best of the three per dataset and metric. "
-        f"Each model against {ABLATION_BASELINE} of the same dataset on per-user test {metric} (each user's value "
-        f"averaged over seeds): delta of the means, two-sided Wilcoxon signed-rank test (users with equal values "
-        f"dropped) and paired t-test; significant = Wilcoxon p < {alpha}. "
+        + tables.ablation_test_caption(ABLATION_BASELINE, metric, alpha)
+        + " "
         + tables.protocol_caption(exclude_history, metrics)
     )
 
@@ -355,10 +300,10 @@ def preference_table(prefs: pd.DataFrame) -> pd.DataFrame:
                 "modality": group["modality"].iloc[0],
                 "seeds": len(group),
                 "n_users": pd.to_numeric(group["n_users"]).mean(),
-                "spearman": _mean_std(group["spearman"]),
+                "spearman": tables.mean_std(group["spearman"]),
                 "spearman_p_max": pd.to_numeric(group["spearman_p"]).max(),
-                "accuracy_median_threshold": _mean_std(group["accuracy_median_threshold"]),
-                "accuracy_half_threshold": _mean_std(group["accuracy_half_threshold"]),
+                "accuracy_median_threshold": tables.mean_std(group["accuracy_median_threshold"]),
+                "accuracy_half_threshold": tables.mean_std(group["accuracy_half_threshold"]),
             }
         )
     return pd.DataFrame(rows)
@@ -498,14 +443,7 @@ def requested(weights_paths, preference_paths, replay_paths, quality_paths) -> b
         "pmat_replay_paths": replay_paths,
         "pmat_quality_paths": quality_paths,
     }
-    for name, paths in inputs.items():
-        if isinstance(paths, (str, os.PathLike)):
-            # A single string would otherwise be iterated character by character.
-            raise TypeError(f"{name}: expected a list of paths, got the single path {paths!r}")
-    empty = [name for name, paths in inputs.items() if not len(paths)]
-    if empty and len(empty) < len(inputs):
-        raise ValueError(f"PMAT report: {empty} are empty; pass all four PMAT inputs, or none for no PMAT section")
-    return not empty
+    return tables.all_or_none(inputs, "PMAT")
 
 
 def write_pmat_report(
@@ -532,7 +470,8 @@ def write_pmat_report(
     prefs = collect_preferences(list(preference_paths))
     replays = collect_replays(list(replay_paths))
     quality = collect_pmat_quality(list(quality_paths))
-    _check_same_runs({"weights.parquet": weights, "preference.json": prefs, "replay/summary.json": replays})
+    files = {"weights.parquet": weights, "preference.json": prefs, "replay/summary.json": replays}
+    tables.check_same_runs(files, ["dataset", "seed"], "PMAT")
 
     written: list[str] = []
     sections = [

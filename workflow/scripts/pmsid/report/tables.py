@@ -348,6 +348,93 @@ def significance_caption(baseline_model: str, metric: str, alpha: float = 0.05, 
     )
 
 
+# --------------------------------------------------------------------------- ablations
+
+# The metrics of a method's ablation table: the thesis's headline cut-offs.
+ABLATION_METRICS = ["Recall@10", "NDCG@10", "Recall@20", "NDCG@20"]
+
+
+def mean_std(values) -> str:
+    """``mean ± std`` over seeds as in the main table (std only with more than one value); ``-`` if none."""
+    values = pd.Series(values, dtype="float64").dropna()
+    if values.empty:
+        return "-"
+    text = f"{values.mean():.{DECIMALS}f}"
+    if len(values) > 1:
+        text += f" {PM} {values.std(ddof=1):.{DECIMALS}f}"
+    return text
+
+
+def ablation_table(
+    runs: pd.DataFrame,
+    per_user_paths: list[str],
+    models: list[str],
+    baseline: str,
+    metrics: list[str] = ABLATION_METRICS,
+    metric: str = "NDCG@10",
+    alpha: float = 0.05,
+    what: str = "ablation_table",
+    inputs: tuple[str, str] = ("metrics_paths", "per_user_paths"),
+) -> pd.DataFrame:
+    """One row per (dataset, model of ``models``): ``mean ± std`` of ``metrics``, then a paired test.
+
+    A method's ablation: its variants ``models`` (rows in that order within a
+    dataset; those not evaluated are left out) against the variant
+    ``baseline``. ``runs`` is :func:`collect_runs`'s frame; the cells come
+    from :func:`main_table` restricted to ``models`` (bold = best of them per
+    dataset). Each model is tested against ``baseline`` of the same dataset
+    with :func:`significance` on per-user test ``metric``: columns
+    ``delta_{metric}``, ``wilcoxon_p``, ``ttest_p``, ``significant``. The
+    baseline's rows, and every row of a dataset without the baseline, have no
+    test (NaN). ``what`` names the table in errors and ``inputs`` the
+    arguments that carry its metrics and per-user files, so that an error
+    says which list lacks a file.
+    """
+    models = list(models)
+    metrics_arg, per_user_arg = inputs
+    own = runs[runs["model"].isin(models)]
+    if own.empty:
+        raise ValueError(
+            f"{what}: none of {models} among the evaluated models {sorted(runs['model'].unique())}; "
+            f"pass their metrics.parquet in {metrics_arg}"
+        )
+    table = main_table(own, split="test", metrics=metrics)
+    order = {m: i for i, m in enumerate(models)}
+    table = table.sort_values(["dataset", "model"], key=lambda c: c.map(order) if c.name == "model" else c)
+
+    with_baseline = set(own.loc[own["model"] == baseline, "dataset"])
+    paths = []
+    for path in per_user_paths:
+        run = parse_run_path(path, "evaluate", "per_user.parquet")
+        if run["model"] in models and run["dataset"] in with_baseline:
+            paths.append(path)
+    columns = ["dataset", "model", f"delta_{metric}", "wilcoxon_p", "ttest_p", "significant"]
+    if paths:
+        sig = significance(paths, baseline, metric=metric, alpha=alpha)
+        sig = sig.rename(columns={"delta": f"delta_{metric}"})[columns]
+    else:
+        sig = pd.DataFrame(columns=columns)
+    table = table.merge(sig, on=["dataset", "model"], how="left")
+    untested = table[table["dataset"].isin(with_baseline) & (table["model"] != baseline)]
+    untested = untested[untested["wilcoxon_p"].isna()]
+    if len(untested):
+        first = untested.iloc[0]
+        raise ValueError(
+            f"{what}: no per_user.parquet for {first['model']} on dataset '{first['dataset']}'; "
+            f"pass every evaluated model's per-user file in {per_user_arg}"
+        )
+    return table.reset_index(drop=True)
+
+
+def ablation_test_caption(baseline: str, metric: str = "NDCG@10", alpha: float = 0.05) -> str:
+    """The sentence of an ablation caption that says what the paired tests are."""
+    return (
+        f"Each model against {baseline} of the same dataset on per-user test {metric} (each user's value "
+        f"averaged over seeds): delta of the means, two-sided Wilcoxon signed-rank test (users with equal values "
+        f"dropped) and paired t-test; significant = Wilcoxon p < {alpha}."
+    )
+
+
 # --------------------------------------------------------------------------- ID quality
 
 
@@ -478,3 +565,39 @@ def write_table_formats(df: pd.DataFrame, stem: str | os.PathLike, caption: str)
     )
     Path(paths[2]).write_text(latex, encoding="utf-8")
     return paths
+
+
+def check_same_runs(frames: dict[str, pd.DataFrame], keys: list[str], section: str) -> None:
+    """Fail unless every frame of ``frames`` ({file name: frame}) holds the same ``keys`` tuples.
+
+    The sections of the report that join several per-run files (PMAT, MCRL)
+    call this first, so a missing file is named before anything is written.
+    """
+    runs = {name: set(f[keys].itertuples(index=False, name=None)) for name, f in frames.items()}
+    union = set().union(*runs.values())
+    for name, have in runs.items():
+        if have != union:
+            raise ValueError(
+                f"{section} report: no {name} for ({', '.join(keys)}) {sorted(union - have)}; "
+                f"{', '.join(frames)} must cover the same {section} runs"
+            )
+
+
+def all_or_none(inputs: dict, section: str) -> bool:
+    """True when every path list of ``inputs`` ({argument name: paths}) is non-empty, False when all are empty.
+
+    A section of the report (PMAT, MCRL) is written only with all its inputs;
+    a partial set fails naming the empty arguments, and a single path given
+    where a list belongs fails naming its argument.
+    """
+    for name, paths in inputs.items():
+        if isinstance(paths, (str, os.PathLike)):
+            # A single string would otherwise be iterated character by character.
+            raise TypeError(f"{name}: expected a list of paths, got the single path {paths!r}")
+    empty = [name for name, paths in inputs.items() if not len(paths)]
+    if empty and len(empty) < len(inputs):
+        raise ValueError(
+            f"{section} report: {empty} are empty; pass all {len(inputs)} {section} inputs, "
+            f"or none for no {section} section"
+        )
+    return not empty

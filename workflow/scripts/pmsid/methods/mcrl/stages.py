@@ -1,0 +1,130 @@
+"""MCRL's stages, from the workflow's files to :mod:`pmsid.methods.mcrl` and back.
+
+- :func:`train`: rule ``train_mcrl`` (stage 2 of the schedule on top of the
+  stage-1 generator; see :mod:`pmsid.methods.mcrl.train`).
+- :func:`id_space`: rule ``mcrl_id_space`` (alignment and uniformity of the
+  trained model's ID representations).
+- :func:`tsne`: rule ``mcrl_tsne`` (a 2-D map of them for the report's figure).
+
+Evaluation needs no stage of its own: an MCRL model file is a TIGER model
+file, ranked by ``pmsid.stages.evaluate_model`` exactly as its stage-1
+generator is (``pmat_full``'s replayed tables, or TIGER's single table).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pyarrow as pa
+
+from pmsid import stages
+from pmsid.data import contracts
+from pmsid.methods.mcrl import id_space as space
+from pmsid.methods.mcrl.train import read_labels, train_mcrl
+from pmsid.models import api
+from pmsid.train.utils import seed_everything
+
+log = logging.getLogger(__name__)
+
+
+def label_paths(inputs: dict, modalities: list[str]) -> dict[str, str]:
+    """``{modality: pseudo-label file}`` from a rule's inputs named ``labels_{modality}``."""
+    missing = [m for m in modalities if f"labels_{m}" not in inputs]
+    if missing:
+        raise ValueError(f"no pseudo-label input for modality(ies) {missing}; expected inputs labels_{{modality}}")
+    return {m: inputs[f"labels_{m}"] for m in modalities}
+
+
+def train(
+    inputs: dict,
+    outputs: dict,
+    modalities: list[str],
+    ablation: str,
+    cfg: dict,
+    checkpoint: str,
+    seed: int,
+    device: str,
+    deterministic: bool,
+) -> None:
+    """Fine-tune ``inputs["init"]`` (the stage-1 generator) with the losses of ``ablation``.
+
+    With an ``assignment`` input the generator is PMAT's personalized one
+    (each user in its training-time prototype's table); without, TIGER's
+    single table of ``ids``.
+    """
+    seed_everything(seed, deterministic)
+    seqs = stages.load_sequences(inputs["interactions"], inputs["catalogue"])
+    if "assignment" in inputs:
+        codes, tables = stages.load_personalized(inputs, seqs)
+        user_tables = tables["train"]
+    else:
+        codes, user_tables = stages.load_codes(inputs["ids"], seqs.n_items), None
+    labels = read_labels(label_paths(inputs, modalities), seqs.n_items)
+    log.info(
+        "mcrl_%s: %d users, %d items, modalities %s, seed %d", ablation, seqs.n_users, seqs.n_items, modalities, seed
+    )
+    train_mcrl(
+        seqs,
+        codes,
+        user_tables,
+        inputs["init"],
+        labels,
+        ablation,
+        cfg,
+        outputs["model"],
+        outputs["log"],
+        outputs["components"],
+        checkpoint,
+        seed,
+        device,
+    )
+
+
+def load_generator(model_path: str):
+    """The generator of a TIGER or MCRL model file, on the CPU in eval mode."""
+    saved = api._load(model_path, "tiger")
+    codes = saved["codes"].numpy()
+    state = dict(saved["state_dict"])
+    if state["codes"].ndim == 2:
+        state["codes"] = state["codes"][None]
+    generator = api._build_tiger(codes[None] if codes.ndim == 2 else codes, {**api.TIGER_DEFAULTS, **saved["cfg"]})
+    generator.load_state_dict(state)
+    return generator.eval()
+
+
+def tsne_schema(modalities: list[str]) -> pa.Schema:
+    """results/mcrl/{dataset}/mcrl_{ablation}/seed{seed}/tsne.parquet: 2-D map and pseudo-labels per item."""
+    fields = [pa.field("item_idx", pa.int32(), nullable=False)]
+    fields += [pa.field(axis, pa.float32(), nullable=False) for axis in ("x", "y")]
+    fields += [pa.field(f"label_{m}", pa.int32(), nullable=False) for m in modalities]
+    return pa.schema(fields)
+
+
+def _generator_and_labels(inputs: dict, modalities: list[str]):
+    generator = load_generator(inputs["model"])
+    paths = label_paths(inputs, modalities)
+    labels = {m: lab.numpy() for m, lab in read_labels(paths, generator.n_items).items()}
+    return generator, labels
+
+
+def id_space(inputs: dict, outputs: dict, modalities: list[str], cfg: dict, seed: int) -> None:
+    """Write the ID-space measures of one trained model (JSON): alignment per modality, uniformity."""
+    generator, labels = _generator_and_labels(inputs, modalities)
+    summary = space.summarize(generator, labels, max_items=cfg["max_items"], seed=seed)
+    stages.write_json(summary, outputs["summary"])
+    log.info(
+        "ID space: alignment ratio %s, uniformity %.3f, over %d tables",
+        {m: round(v, 3) for m, v in summary["alignment_ratio"].items()},
+        summary["uniformity"],
+        summary["n_tables"],
+    )
+
+
+def tsne(inputs: dict, outputs: dict, modalities: list[str], cfg: dict, seed: int) -> None:
+    """Write the t-SNE map of one trained model's ID representations (table 0) with the pseudo-labels."""
+    generator, labels = _generator_and_labels(inputs, modalities)
+    frame = space.tsne_frame(
+        generator, labels, seed=seed, perplexity=cfg["perplexity"], max_items=cfg["tsne_max_items"]
+    )
+    contracts.write_table(frame, outputs["tsne"], tsne_schema(modalities))
+    log.info("t-SNE of %d items written to %s", len(frame), outputs["tsne"])
