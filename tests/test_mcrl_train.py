@@ -230,3 +230,44 @@ def test_the_workflow_and_the_package_agree_on_the_ablations():
     block = text[text.index("MCRL_LOSSES = {") : text.index("}  # the ablations")] + "}"
     workflow = ast.literal_eval(block.removeprefix("MCRL_LOSSES = "))
     assert {k: tuple(v) for k, v in workflow.items()} == ABLATIONS
+
+
+def test_stage1_may_be_plain_tiger_with_one_table(tmp_path, monkeypatch):
+    """On a dataset without PMAT, stage 1 is TIGER: one table, no user groups for L_user."""
+    groups = []
+    real = joint.user_preference_loss
+
+    def recording(user, item, tau, group=None):
+        groups.append(group)
+        return real(user, item, tau, group)
+
+    monkeypatch.setattr(joint, "user_preference_loss", recording)
+    seqs, (codes, _) = cyclic_sequences(), two_tables(seed=0)
+    single = codes[0]
+    paths = [tmp_path / name for name in ("s1.pt", "s1.parquet", "s1ckpt.pt")]
+    api.train_tiger(seqs, single, {**CFG, "max_epochs": 1}, *paths, seed=0, device="cpu")
+    out = [tmp_path / name for name in ("m.pt", "l.parquet", "c.parquet", "k.pt")]
+    components = mcrl_train.train_mcrl(
+        seqs, single, None, paths[0], item_labels(), "user", STAGE2, *out, seed=0, device="cpu", progress=False
+    )
+    assert components["user"].notna().any()
+    assert groups and all(g is None for g in groups)  # one table: only the row's own item is positive
+    saved = torch.load(out[0], weights_only=True)
+    assert tuple(saved["codes"].shape) == (1, N_ITEMS, single.shape[1])
+    _, metrics = api.evaluate_tiger(out[0], seqs, single, KS, 12, False, "cpu")
+    assert metrics.set_index(["split", "metric"])["value"][("test", "invalid_id_rate")] == 0.0
+
+
+def test_under_pmat_tables_the_users_prototype_is_the_l_user_group(stage1, tmp_path, monkeypatch):
+    seen = []
+    real_loss = joint.JointModel.loss
+
+    def recording(self, history, target, table=None, labels=None, groups=None, terms=None):
+        seen.append((table.clone(), None if groups is None else groups.clone()))
+        return real_loss(self, history, target, table, labels, groups, terms)
+
+    monkeypatch.setattr(joint.JointModel, "loss", recording)
+    run(stage1, tmp_path, "user")
+    assert seen
+    for table, groups in seen:
+        assert groups is not None and torch.equal(groups, table)
