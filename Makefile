@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CORES ?= all
 
-.PHONY: install run run-3seeds dry-run lint test clean
+.PHONY: install run run-3seeds bench-mcrl dry-run lint test clean
 
 install: $(STAMP)
 
@@ -31,6 +31,11 @@ run-3seeds: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES) --rerun-incomplete --configfile config/config.yaml config/three_seeds.yaml
 	@echo
 	@echo "Report: $(CURDIR)/results/report/README.md (mean ± std over seeds 0, 1, 2)"
+
+# Seconds per MCRL training step, each ablation against mcrl_none (needs make run first).
+bench-mcrl: $(STAMP)
+	PYTHONPATH=workflow/scripts $(BIN)/python bench/mcrl_step.py --dataset ml-100k
+	PYTHONPATH=workflow/scripts $(BIN)/python bench/mcrl_step.py --dataset synthetic
 
 dry-run: $(STAMP)
 	$(BIN)/snakemake -n

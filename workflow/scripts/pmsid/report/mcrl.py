@@ -306,8 +306,9 @@ COST_CAPTION = (
     f"runs, is not timed), and ratio_to_none = that median / {CONTROL}'s median on the same dataset (blank "
     f"without {CONTROL}): the cost per training step of MCRL relative to the control, measured in the same run. "
     "Every row times the steps of the same fine-tuning stage (stage 2, the stage-1 generator fine-tuned for the "
-    "same epochs), on the machine that ran the workflow: the seconds are that machine's, the ratio is the "
-    "comparable figure."
+    "same epochs), on the machine that ran the workflow. The ablations are separate jobs, run at different "
+    "times, so changes in the machine's load between jobs enter the ratio; `make bench-mcrl` measures the same "
+    "ratio with the ablations' steps interleaved on the same batches."
 )
 
 
