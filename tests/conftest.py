@@ -23,3 +23,12 @@ def run_snakemake(workdir: Path, *args: str, timeout: int = 1800) -> subprocess.
 @pytest.fixture
 def snakemake_runner():
     return run_snakemake
+
+
+@pytest.fixture
+def http_server():
+    """A running :class:`httpserver.LocalServer` on 127.0.0.1; add files with ``http_server.files[path] = bytes``."""
+    from httpserver import LocalServer
+
+    with LocalServer() as server:
+        yield server

@@ -1,22 +1,15 @@
-"""The Amazon 2018 reader on a hand-written fixture, and image resolution
-(local files and http downloads from a server on 127.0.0.1)."""
+"""The Amazon 2018 reader on a hand-written fixture (image resolution: tests/test_images.py)."""
 
 from __future__ import annotations
 
 import gzip
-import http.server
-import io
 import json
-import threading
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from PIL import Image
 
 from pmsid.data.amazon2018 import clean_text, read_amazon2018
-from pmsid.data.contracts import IMAGES, read_table, write_table
-from pmsid.data.images import resolve_images
 from pmsid.data.protocol import build_dataset
 
 
@@ -135,84 +128,3 @@ def test_clean_text():
     assert clean_text(" a&nbsp;b <br>c\t\n d &lt;e&gt; ") == "a b c d <e>"
     assert clean_text("<p> </p>") is None
     assert clean_text(None) is None
-
-
-# ---- images ----------------------------------------------------------------------
-
-
-def png_bytes(colour=(200, 30, 30)) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (8, 8), colour).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-@pytest.fixture
-def image_server():
-    """An HTTP server on 127.0.0.1 serving a good PNG, a broken file and 404s;
-    records every request path."""
-    files = {"/good.png": png_bytes(), "/broken.jpg": b"\xff\xd8\xff this is not a jpeg"}
-    requests: list[str] = []
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802 - http.server's naming
-            requests.append(self.path)
-            body = files.get(self.path)
-            if body is None:
-                self.send_error(404)
-                return
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", requests
-    server.shutdown()
-    server.server_close()
-
-
-def test_resolve_images_statuses_and_cache(tmp_path, image_server, caplog):
-    base, requests = image_server
-    local = tmp_path / "local dir" / "pic.png"  # a space: file:// URLs percent-encode it
-    local.parent.mkdir()
-    local.write_bytes(png_bytes((0, 0, 200)))
-    bad_local = tmp_path / "bad.png"
-    bad_local.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
-    items = pd.DataFrame(
-        {
-            "item_idx": pd.array([5, 0, 1, 2, 3, 4, 6, 7], dtype="int32"),
-            "image_url": [
-                f"{base}/good.png",
-                None,
-                local.as_uri(),
-                str(bad_local),
-                f"{base}/missing.jpg",
-                f"{base}/broken.jpg",
-                str(tmp_path / "nope.png"),
-                "",
-            ],
-        }
-    )
-    out_dir = tmp_path / "images"
-    with caplog.at_level("INFO", logger="pmsid.data.images"):
-        out = resolve_images(items, out_dir, timeout=5, retries=2)
-    assert out["item_idx"].tolist() == list(range(8))
-    assert out["status"].tolist() == ["missing", "ok", "broken", "missing", "broken", "ok", "missing", "missing"]
-    assert out.loc[1, "path"] == str(local)
-    assert out.loc[5, "path"] == str(out_dir / "5.png") and (out_dir / "5.png").read_bytes() == png_bytes()
-    assert out.loc[[0, 3, 6, 7], "path"].isna().all()
-    assert "2 ok, 4 missing, 2 broken of 8 items" in caplog.text
-    write_table(out, tmp_path / "images.parquet", IMAGES)
-    pd.testing.assert_frame_equal(read_table(tmp_path / "images.parquet", IMAGES), out)
-    assert requests.count("/missing.jpg") == 1  # a 404 is not retried
-
-    # A rerun downloads nothing that is already there.
-    requests.clear()
-    again = resolve_images(items, out_dir, timeout=5, retries=2)
-    pd.testing.assert_frame_equal(again, out)
-    assert requests == ["/missing.jpg"]

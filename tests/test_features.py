@@ -1,5 +1,6 @@
 """Text and image encoders on the models that ship inside packages (no internet)."""
 
+import dataclasses
 import os
 
 # Never let a test reach the Hugging Face hub: a download attempt without
@@ -211,9 +212,7 @@ def test_undecodable_ok_image_fails_naming_the_file(effnet, tmp_path):
 
 def test_nan_image_features_are_rejected_naming_the_stage(photos, tmp_path, monkeypatch):
     items, images = _tiny_catalogue(tmp_path, photos)
-    monkeypatch.setattr(
-        image_features, "encode_images", lambda paths, enc, batch_size: np.full((len(paths), enc.dim), np.nan)
-    )
+    monkeypatch.setattr(image_features, "_features", lambda enc, batch: torch.full((len(batch), enc.dim), torch.nan))
     with pytest.raises(ValueError, match="image_features: .*non-finite"):
         extract_image_features(items, images, tmp_path / "x.parquet", device="cpu")
     with pytest.raises(ValueError, match="text_features: .*non-finite"):
@@ -280,8 +279,13 @@ def test_extract_text_features_writes_one_row_per_item(tmp_path):
 
 def test_nan_text_features_are_rejected_naming_the_stage(tmp_path, monkeypatch):
     items = pd.DataFrame({"item_idx": [0, 1], "item_id": ["a", "b"], "text": ["x", "y"], "image_url": None})
-    monkeypatch.setattr(
-        text_features, "encode_texts", lambda texts, enc, batch_size: np.full((len(texts), 384), np.nan)
-    )
+    real = text_features.wrap_sentence_transformer
+
+    def nan_encoder(st, *args):
+        enc = real(st, *args)
+        return dataclasses.replace(enc, encode=lambda texts: np.full((len(texts), enc.dim), np.nan, np.float32))
+
+    monkeypatch.setattr(text_features, "wrap_sentence_transformer", nan_encoder)
     with pytest.raises(ValueError, match="text_features: .*non-finite"):
         extract_text_features(items, tmp_path / "t.parquet", device="cpu")
+    assert not (tmp_path / "t.parquet").exists()

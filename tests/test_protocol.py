@@ -237,3 +237,31 @@ def test_ml100k_missing_column_names_file_and_column(tmp_path):
         read_ml100k(tmp_path)
     with pytest.raises(FileNotFoundError, match="no such file"):
         read_atomic(tmp_path / "absent.item", ["item_id"])
+
+
+# ---- given splits (Amazon 2023) -------------------------------------------------------
+
+
+def test_given_split_is_neither_deduplicated_nor_filtered():
+    raw = frame(
+        [
+            ("u1", "a", 10),
+            ("u1", "a", 5),  # a repeat, kept: the release decided
+            ("u1", "b", 20),
+            ("u1", "c", 30),
+            ("u2", "b", 1),  # u2 has 3 rows only, kept although min_interactions is 5
+            ("u2", "a", 2),
+            ("u2", "c", 3),
+        ]
+    )
+    raw["split"] = ["train", "train", "valid", "test", "train", "valid", "test"]
+    items = pd.DataFrame({"item_id": ["a", "b", "c"], "title": ["A", "B", "C"], "image_url": [None] * 3})
+    _, users, inter, stats = build_dataset(raw, items, ["title"], min_interactions=5)
+    assert (stats["n_users"], stats["n_interactions"], stats["dropped_duplicates"]) == (2, 7, 0)
+    assert stats["given_split"] is True and stats["min_interactions"] is None
+    u1 = inter[inter["user_idx"] == 0]
+    assert u1["item_idx"].tolist() == [0, 0, 1, 2] and u1["timestamp"].tolist() == [5, 10, 20, 30]
+    assert u1["split"].tolist() == ["train", "train", "valid", "test"]
+    # Without the split column the same rows get the standard protocol.
+    with pytest.raises(ValueError, match="no interactions left"):
+        build_dataset(raw.drop(columns="split"), items, ["title"], min_interactions=5)

@@ -3,6 +3,7 @@
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 from snakemake.utils import validate
@@ -10,7 +11,32 @@ from snakemake.utils import validate
 validate(config, schema="../schemas/config.schema.yaml")
 
 PACKAGE = Path(workflow.basedir) / "workflow" / "scripts" / "pmsid"
+sys.path.insert(0, str(PACKAGE.parent))
+from pmsid.data import (
+    releases,
+)  # the release catalogue: URLs, files, published statistics
+
 MODELS = ["tiger", "sasrec"]
+BUILTIN_MODALITIES = ["text", "image", "behaviour"]
+IMAGE_READERS = ["amazon2014", "amazon2018", "amazon2023", "local"]
+# Keys that only some readers take (others are an error naming the key).
+READER_KEYS = {
+    "path": ["ml100k"],
+    "reviews": ["amazon2014", "amazon2018"],
+    "meta": ["amazon2014", "amazon2018"],
+    "interactions": ["local"],
+    "items": ["local"],
+    "category": ["amazon2014", "amazon2018", "amazon2023", "movielens"],
+    "base_url": ["amazon2014", "amazon2018", "amazon2023", "movielens"],
+}
+# The text fields each reader provides (local: any column of its items file).
+READER_TEXT_FIELDS = {
+    "ml100k": ["title", "year", "genres"],
+    "amazon2014": ["title", "brand", "categories", "description"],
+    "amazon2018": ["title", "brand", "categories", "description"],
+    "amazon2023": ["title", "brand", "categories", "description", "features"],
+    "movielens": ["title", "year", "genres", "tags"],
+}
 
 
 def _check_config():
@@ -22,18 +48,8 @@ def _check_config():
                 f"config: datasets lists '{name}' but dataset_specs has no entry for it; "
                 f"described datasets: {sorted(specs)}"
             )
+        _check_dataset_spec(name, specs[name])
         spec = specs[name]
-        if "image" in spec["modalities"] and spec["reader"] != "amazon2018":
-            raise ValueError(
-                f"config: dataset_specs.{name}.modalities asks for 'image', but reader "
-                f"'{spec['reader']}' has no images; use modalities: [text]"
-            )
-        if spec["reader"] == "ml100k":
-            for key in ("reviews", "meta"):
-                if key in spec:
-                    raise ValueError(
-                        f"config: dataset_specs.{name}.{key} is for reader amazon2018, not ml100k"
-                    )
         weights = spec.get("modality_weights") or {}
         for modality in weights:
             if modality not in spec["modalities"]:
@@ -52,6 +68,62 @@ def _check_config():
         raise ValueError(
             f"config: evaluation.beam_size ({config['evaluation']['beam_size']}) must be >= max(evaluation.ks) "
             f"({max(ks)}), or beam search cannot fill the top-{max(ks)} list"
+        )
+
+
+def _check_dataset_spec(name, spec):
+    """Reader-specific keys, text fields and modalities of one dataset."""
+    reader = spec["reader"]
+    for key, readers in READER_KEYS.items():
+        if (
+            spec.get(key) is not None and reader not in readers
+        ):  # schema defaults are null
+            raise ValueError(
+                f"config: dataset_specs.{name}.{key} is for reader(s) {readers}, not {reader}"
+            )
+    if reader in ("amazon2014", "amazon2018"):
+        local = [k for k in ("reviews", "meta") if k in spec]
+        if len(local) == 1:
+            raise ValueError(
+                f"config: dataset_specs.{name} gives {local[0]} but not "
+                f"{'meta' if local[0] == 'reviews' else 'reviews'}; local Amazon files come in pairs"
+            )
+        if not local and "category" not in spec:
+            raise ValueError(
+                f"config: dataset_specs.{name} (reader {reader}) needs a category to download (e.g. "
+                "Musical_Instruments) or local reviews and meta files"
+            )
+        if local and "category" in spec:
+            raise ValueError(
+                f"config: dataset_specs.{name} gives both a category (download) and local reviews/meta "
+                "files; keep one"
+            )
+    known = READER_TEXT_FIELDS.get(reader)
+    if known is not None:
+        unknown = [f for f in spec["text_fields"] if f not in known]
+        if unknown:
+            raise ValueError(
+                f"config: dataset_specs.{name}.text_fields {unknown} are not fields of reader "
+                f"{reader}; it provides {known}"
+            )
+    extra = spec.get("extra_modalities") or {}
+    for modality in extra:
+        if modality in BUILTIN_MODALITIES:
+            raise ValueError(
+                f"config: dataset_specs.{name}.extra_modalities.{modality}: '{modality}' is a built-in "
+                f"modality; give the precomputed features another name (e.g. audio)"
+            )
+    for modality in spec["modalities"]:
+        if modality not in BUILTIN_MODALITIES and modality not in extra:
+            raise ValueError(
+                f"config: dataset_specs.{name}.modalities lists '{modality}', which is neither built in "
+                f"{BUILTIN_MODALITIES} nor under dataset_specs.{name}.extra_modalities (a Parquet of "
+                "precomputed per-item features)"
+            )
+    if "image" in spec["modalities"] and reader not in IMAGE_READERS:
+        raise ValueError(
+            f"config: dataset_specs.{name}.modalities asks for 'image', but reader '{reader}' has no "
+            f"images (readers with images: {IMAGE_READERS}); use modalities: [text] or [text, behaviour]"
         )
 
 
@@ -128,9 +200,24 @@ SYNTHETIC_REVIEWS = "resources/synthetic/Synthetic_5.json.gz"
 _check_config()
 
 
+def _extra_modalities():
+    """Names of the precomputed-feature modalities of the configured datasets."""
+    names = set()
+    for name in config["datasets"]:
+        names.update(config["dataset_specs"][name].get("extra_modalities") or {})
+    return sorted(names)
+
+
+EXTRA_MODALITIES = _extra_modalities()
+NEVER = "(?!x)x"  # a regex that matches nothing (a wildcard with no allowed value)
+
+
 wildcard_constraints:
     dataset="|".join(config["datasets"]),
-    modality="text|image|behaviour",
+    modality="|".join(BUILTIN_MODALITIES + EXTRA_MODALITIES),
+    extra_modality="|".join(EXTRA_MODALITIES) or NEVER,
+    reader="|".join(releases.READERS_WITH_DOWNLOADS),
+    filename=r"[^/]+",
     seed=r"\d+",
     variant="global|personalized",
     ablation="global|static|full",
@@ -189,13 +276,122 @@ def get_ml100k_dir(dataset):
     )
 
 
-def get_raw_inputs(wildcards):
-    """Raw files of a dataset, by reader."""
-    spec = get_spec(wildcards.dataset)
-    if spec["reader"] == "amazon2018":
+def is_downloaded(dataset):
+    """True when the dataset's raw files come from its release's source
+    (a category and no local reviews/meta files)."""
+    spec = get_spec(dataset)
+    return spec["reader"] in releases.READERS_WITH_DOWNLOADS and "reviews" not in spec
+
+
+def get_download_files(dataset):
+    """role -> (local path, releases.RawFile) of a downloaded dataset."""
+    spec = get_spec(dataset)
+    root = config["downloads"]["dir"]
+    return {
+        f.role: (f"{root}/{spec['reader']}/{f.filename}", f)
+        for f in releases.raw_files(
+            spec["reader"], spec["category"], spec.get("base_url")
+        )
+    }
+
+
+def _download_sources():
+    """Local path -> its source (url, md5, md5_url) for every configured
+    dataset; two datasets asking for one file from two sources is an error."""
+    sources = {}
+    for name in config["datasets"]:
+        if not is_downloaded(name):
+            continue
+        for path, raw in get_download_files(name).values():
+            source = {"url": raw.url, "md5": raw.md5, "md5_url": raw.md5_url}
+            if sources.get(path, source) != source:
+                raise ValueError(
+                    f"config: {path} would be downloaded from both {sources[path]['url']} and "
+                    f"{raw.url} (dataset {name}); give the datasets the same base_url"
+                )
+            sources[path] = source
+    return sources
+
+
+DOWNLOAD_SOURCES = _download_sources()
+
+
+def get_download_source(wildcards, output):
+    """The source of a file the download rule writes."""
+    path = str(output.raw)
+    if path not in DOWNLOAD_SOURCES:
+        raise ValueError(
+            f"{path}: no configured dataset downloads this file; known downloads: {sorted(DOWNLOAD_SOURCES)}"
+        )
+    return DOWNLOAD_SOURCES[path]
+
+
+def get_raw_files(dataset):
+    """Raw files of a dataset, by reader: role -> path (the roles are the
+    reader's arguments; see pmsid.stages.read_raw)."""
+    spec = get_spec(dataset)
+    reader = spec["reader"]
+    if reader == "ml100k":
+        directory = get_ml100k_dir(dataset)
+        return {
+            "inter": f"{directory}/ml-100k.inter",
+            "item": f"{directory}/ml-100k.item",
+        }
+    if reader == "local":
+        return {"interactions": spec["interactions"], "items": spec["items"]}
+    if not is_downloaded(dataset):
         return {"reviews": spec["reviews"], "meta": spec["meta"]}
-    directory = get_ml100k_dir(wildcards.dataset)
-    return {"inter": f"{directory}/ml-100k.inter", "item": f"{directory}/ml-100k.item"}
+    return {role: path for role, (path, _) in get_download_files(dataset).items()}
+
+
+def get_raw_inputs(wildcards):
+    """The raw files as named inputs raw_<role> (Snakemake reserves some
+    names, such as `items`)."""
+    return {
+        f"raw_{role}": path for role, path in get_raw_files(wildcards.dataset).items()
+    }
+
+
+def get_prepare_params(wildcards):
+    """The dataset's spec plus the statistics it is checked against:
+    dataset_specs.<name>.expected, else the release's published figures."""
+    spec = get_spec(wildcards.dataset)
+    expected = spec.get("expected")
+    if expected is None and is_downloaded(wildcards.dataset):
+        expected = releases.expected_stats(spec["reader"], spec["category"])
+    if expected is None and spec["reader"] == "ml100k" and not spec.get("path"):
+        expected = ML100K_EXPECTED
+    return {**spec, "name": wildcards.dataset, "expected": expected}
+
+
+# The 5-core of the ml-100k copy inside recbole (../shared/OFFLINE.md, and
+# results/data/ml-100k/stats.json of every run so far).
+ML100K_EXPECTED = {"n_users": 943, "n_items": 1349, "n_interactions": 99287}
+
+
+def get_extra_modality(wildcards):
+    """dataset_specs.<name>.extra_modalities.<modality> of the job."""
+    extra = get_spec(wildcards.dataset).get("extra_modalities") or {}
+    if wildcards.extra_modality not in extra:
+        raise ValueError(
+            f"config: dataset {wildcards.dataset} has no extra modality '{wildcards.extra_modality}'"
+        )
+    return extra[wildcards.extra_modality]
+
+
+def get_extra_source(wildcards):
+    return get_extra_modality(wildcards)["path"]
+
+
+def get_feature_output(modality):
+    """Where a modality's extraction writes: <modality>.parquet, or
+    <modality>.full.parquet when features.reduce reduces it."""
+    if modality in config["features"]["reduce"]["modalities"]:
+        return f"results/features/{{dataset}}/{modality}.full.parquet"
+    return f"results/features/{{dataset}}/{modality}.parquet"
+
+
+REDUCED_MODALITIES = config["features"]["reduce"]["modalities"]
 
 
 def get_feature_paths(wildcards):
@@ -347,6 +543,15 @@ def get_pmat_evaluate_inputs(wildcards):
     }
 
 
+def get_dataset_image_files():
+    """images.parquet of every dataset with an image modality (the report counts statuses)."""
+    return [
+        f"results/data/{d}/images.parquet"
+        for d in config["datasets"]
+        if "image" in get_spec(d)["modalities"]
+    ]
+
+
 def get_quality_files():
     return expand(
         "results/tokenize/{dataset}/rqkmeans/quality.parquet",
@@ -382,7 +587,9 @@ def get_mcrl_train_inputs(wildcards):
         files["ids"] = f"results/tokenize/{d}/rqkmeans/ids.parquet"
     else:
         files["ids"] = f"results/tokenize/{d}/pmat_personalized/seed{s}/ids.parquet"
-        files["assignment"] = f"results/tokenize/{d}/pmat_personalized/seed{s}/assignment.parquet"
+        files["assignment"] = (
+            f"results/tokenize/{d}/pmat_personalized/seed{s}/assignment.parquet"
+        )
     for m in get_spec(d)["modalities"]:
         files[f"labels_{m}"] = f"results/pseudolabels/{d}/{m}.parquet"
     return files
@@ -422,9 +629,14 @@ def get_mcrl_files(kind):
         "tsne": "results/mcrl/{dataset}/mcrl_{ablation}/seed{seed}/tsne.parquet",
     }
     ablations, seeds = config["mcrl"]["ablations"], config["seeds"]
-    if kind == "tsne":  # the figure's runs only: first seed, none and all (or the first and last run)
+    if (
+        kind == "tsne"
+    ):  # the figure's runs only: first seed, none and all (or the first and last run)
         shown = [a for a in ("none", "all") if a in ablations]
-        ablations, seeds = shown or list(dict.fromkeys([ablations[0], ablations[-1]])), seeds[:1]
+        ablations, seeds = (
+            shown or list(dict.fromkeys([ablations[0], ablations[-1]])),
+            seeds[:1],
+        )
     return expand(
         patterns[kind],
         dataset=config["mcrl"]["datasets"],

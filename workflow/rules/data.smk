@@ -20,6 +20,24 @@ rule synthetic_dataset:
         "../scripts/make_synthetic.py"
 
 
+# Raw files of the releases (THESIS.md 2.1). Runs on the submitting host
+# (cluster nodes often have no internet). The downloader's code is not an
+# input on purpose: a change to it must not download gigabytes again.
+rule download:
+    output:
+        raw=f"{config['downloads']['dir']}/{{reader}}/{{filename}}",
+    log:
+        "logs/download/{reader}/{filename}.log",
+    localrule: True
+    conda:
+        "../../envs/data.yaml"
+    params:
+        source=get_download_source,
+        downloads=config["downloads"],
+    script:
+        "../scripts/download.py"
+
+
 rule prepare_dataset:
     input:
         unpack(get_raw_inputs),
@@ -36,7 +54,7 @@ rule prepare_dataset:
     conda:
         "../../envs/data.yaml"
     params:
-        spec=get_dataset_spec,
+        spec=get_prepare_params,
         protocol=config["protocol"],
     script:
         "../scripts/prepare_dataset.py"
@@ -50,9 +68,13 @@ rule resolve_images:
         images="results/data/{dataset}/images.parquet",
     log:
         "logs/resolve_images/{dataset}.log",
+    benchmark:
+        "benchmarks/resolve_images/{dataset}.tsv"
+    localrule: True  # it downloads the item images
     conda:
         "../../envs/data.yaml"
     params:
         image_dir=get_image_dir,
+        downloads=config["downloads"],
     script:
         "../scripts/resolve_images.py"

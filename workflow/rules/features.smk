@@ -6,7 +6,7 @@ rule text_features:
         catalogue=rules.prepare_dataset.output.catalogue,
         code=get_package_sources("features"),
     output:
-        features="results/features/{dataset}/text.parquet",
+        features=get_feature_output("text"),
     log:
         "logs/text_features/{dataset}.log",
     benchmark:
@@ -30,7 +30,7 @@ rule image_features:
         images=rules.resolve_images.output.images,
         code=get_package_sources("features"),
     output:
-        features="results/features/{dataset}/image.parquet",
+        features=get_feature_output("image"),
     log:
         "logs/image_features/{dataset}.log",
     benchmark:
@@ -65,3 +65,42 @@ rule behaviour_features:
         behaviour=config["features"]["behaviour"],
     script:
         "../scripts/behaviour_features.py"
+
+
+# A modality given as precomputed per-item features (dataset_specs.<name>.
+# extra_modalities; how audio enters), aligned to the dataset's items.
+rule external_features:
+    input:
+        catalogue=rules.prepare_dataset.output.catalogue,
+        source=get_extra_source,
+        code=get_package_sources("features"),
+    output:
+        features="results/features/{dataset}/{extra_modality}.parquet",
+    log:
+        "logs/external_features/{dataset}_{extra_modality}.log",
+    conda:
+        "../../envs/features.yaml"
+    params:
+        extra=get_extra_modality,
+    script:
+        "../scripts/external_features.py"
+
+
+# Optional (features.reduce): PCA or a random projection of a modality's
+# extracted features to features.reduce.dim.
+rule reduce_features:
+    input:
+        features="results/features/{dataset}/{modality}.full.parquet",
+        code=get_package_sources("features"),
+    output:
+        features="results/features/{dataset}/{modality}.parquet",
+    log:
+        "logs/reduce_features/{dataset}_{modality}.log",
+    wildcard_constraints:
+        modality="|".join(REDUCED_MODALITIES) or NEVER,
+    conda:
+        "../../envs/features.yaml"
+    params:
+        reduce=config["features"]["reduce"],
+    script:
+        "../scripts/reduce_features.py"

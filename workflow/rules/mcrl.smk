@@ -30,7 +30,11 @@ rule train_mcrl:
         runtime="4h",
     params:
         modalities=lambda wc: get_spec(wc.dataset)["modalities"],
-        cfg={k: v for k, v in config["mcrl"].items() if k not in ("datasets", "ablations", "id_space")},
+        cfg={
+            k: v
+            for k, v in config["mcrl"].items()
+            if k not in ("datasets", "ablations", "id_space")
+        },
         checkpoint="results/checkpoints/{dataset}/mcrl_{mcrl_ablation}/seed{seed}/last.pt",
         device=config["features"]["device"],
         deterministic=config["deterministic"],

@@ -17,11 +17,22 @@ rule report:
         mcrl_components=get_mcrl_files("components"),
         mcrl_id_space=get_mcrl_files("id_space"),
         mcrl_tsne=get_mcrl_files("tsne"),
+        dataset_stats=expand(
+            "results/data/{dataset}/stats.json", dataset=config["datasets"]
+        ),
+        dataset_images=get_dataset_image_files(),
         code=get_package_sources("report", "evaluate", "methods/mcrl/__init__.py"),
     output:
         **get_pmat_report_outputs(),
         **get_mcrl_report_outputs(),
         index="results/report/README.md",
+        datasets_csv=report(
+            "results/report/datasets.csv",
+            caption="../report/datasets.rst",
+            category="Tables",
+        ),
+        datasets_md="results/report/datasets.md",
+        datasets_tex="results/report/datasets.tex",
         main_csv=report(
             "results/report/main_comparison.csv",
             caption="../report/main_comparison.rst",
@@ -65,5 +76,6 @@ rule report:
     params:
         exclude_history=config["protocol"]["exclude_history"],
         baseline="sasrec",
+        image_policy=config["features"]["image"]["missing"],
     script:
         "../scripts/build_report.py"

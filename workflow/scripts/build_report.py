@@ -27,4 +27,7 @@ build_report(
     mcrl_components_paths=list(snakemake.input.get("mcrl_components", [])),
     mcrl_id_space_paths=list(snakemake.input.get("mcrl_id_space", [])),
     mcrl_tsne_paths=list(snakemake.input.get("mcrl_tsne", [])),
+    dataset_stats_paths=list(snakemake.input.dataset_stats),
+    dataset_images_paths=list(snakemake.input.dataset_images),
+    image_policy=snakemake.params.image_policy,
 )

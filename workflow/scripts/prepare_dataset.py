@@ -8,7 +8,7 @@ from pmsid import stages  # noqa: E402
 
 stages.prepare_dataset(
     spec=snakemake.params.spec,
-    raw=dict(snakemake.input.items()),
+    raw={name.removeprefix("raw_"): path for name, path in snakemake.input.items() if name.startswith("raw_")},
     protocol=snakemake.params.protocol,
     out=dict(snakemake.output.items()),
 )

@@ -6,4 +6,6 @@ setup_logging(snakemake.log[0])
 
 from pmsid import stages  # noqa: E402
 
-stages.resolve_images(snakemake.input.catalogue, snakemake.params.image_dir, snakemake.output.images)
+stages.resolve_images(
+    snakemake.input.catalogue, snakemake.params.image_dir, snakemake.output.images, snakemake.params.downloads
+)

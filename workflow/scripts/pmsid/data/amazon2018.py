@@ -143,32 +143,43 @@ def read_metadata(path: str | os.PathLike) -> pd.DataFrame:
     ``categories`` (list of str, possibly empty), ``image_url`` (first of
     ``imageURLHighRes``, else first of ``imageURL``, else null).
     """
+
+    def row(obj: dict) -> dict:
+        return {
+            "title": clean_text(obj.get("title")),
+            "brand": clean_text(obj.get("brand")),
+            "categories": _text_list(obj.get("category")),
+            "description": " ".join(_text_list(obj.get("description"))) or None,
+            "image_url": _first_url(obj.get("imageURLHighRes"), obj.get("imageURL")),
+        }
+
+    return metadata_frame(iter_json_lines(path), path, "asin", row, ITEM_COLUMNS)
+
+
+def metadata_frame(
+    lines: Iterator[tuple[int, dict]], path: str | os.PathLike, id_field: str, row, columns: list[str]
+) -> pd.DataFrame:
+    """One row per item of a metadata file: ``item_id`` from ``id_field``,
+    the other ``columns`` from ``row(obj)``. The releases repeat some items;
+    the first line wins. Text columns (all but list-valued ones) are str or
+    null. Shared by the 2014, 2018 and 2023 readers.
+    """
     rows = []
     seen: set[str] = set()
     duplicates = 0
-    for lineno, obj in iter_json_lines(path):
-        asin = obj.get("asin")
-        if asin in (None, ""):
-            raise ValueError(f"{path}, line {lineno}: metadata lacks field 'asin'; found {sorted(obj)}")
-        asin = str(asin)
-        if asin in seen:
+    for lineno, obj in lines:
+        item_id = obj.get(id_field)
+        if item_id in (None, ""):
+            raise ValueError(f"{path}, line {lineno}: metadata lacks field '{id_field}'; found {sorted(obj)}")
+        item_id = str(item_id)
+        if item_id in seen:
             duplicates += 1
             continue
-        seen.add(asin)
-        description = " ".join(_text_list(obj.get("description")))
-        rows.append(
-            {
-                "item_id": asin,
-                "title": clean_text(obj.get("title")),
-                "brand": clean_text(obj.get("brand")),
-                "categories": _text_list(obj.get("category")),
-                "description": description or None,
-                "image_url": _first_url(obj.get("imageURLHighRes"), obj.get("imageURL")),
-            }
-        )
+        seen.add(item_id)
+        rows.append({"item_id": item_id, **row(obj)})
     if duplicates:
-        log.info("%s: skipped %d duplicate metadata line(s), kept the first of each asin", path, duplicates)
-    df = pd.DataFrame(rows, columns=ITEM_COLUMNS)
+        log.info("%s: skipped %d duplicate metadata line(s), kept the first of each %s", path, duplicates, id_field)
+    df = pd.DataFrame(rows, columns=columns)
     for col in ("item_id", "title", "brand", "description", "image_url"):
         df[col] = df[col].astype("str")
     return df
@@ -184,8 +195,15 @@ def read_amazon2018(reviews_path: str | os.PathLike, meta_path: str | os.PathLik
     """
     raw_interactions = read_reviews(reviews_path)
     raw_items = read_metadata(meta_path)
+    log_raw_counts("amazon2018", raw_interactions, raw_items, reviews_path, meta_path)
+    return raw_interactions, raw_items
+
+
+def log_raw_counts(release: str, raw_interactions: pd.DataFrame, raw_items: pd.DataFrame, reviews_path, meta_path):
+    """One log line with what an Amazon reader read (2014 and 2018 share it)."""
     log.info(
-        "amazon2018: %d reviews by %d users on %d items (%s); %d items with metadata, %d with an image (%s)",
+        "%s: %d reviews by %d users on %d items (%s); %d items with metadata, %d with an image (%s)",
+        release,
         len(raw_interactions),
         raw_interactions["user_id"].nunique(),
         raw_interactions["item_id"].nunique(),
@@ -194,4 +212,3 @@ def read_amazon2018(reviews_path: str | os.PathLike, meta_path: str | os.PathLik
         int(raw_items["image_url"].notna().sum()),
         meta_path,
     )
-    return raw_interactions, raw_items

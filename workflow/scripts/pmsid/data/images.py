@@ -10,18 +10,18 @@ contract of :mod:`pmsid.data.contracts`, one row per item:
 
 URLs may be ``file://`` URLs (the synthetic dataset), plain local paths, or
 ``http(s)://`` URLs (Amazon), which are downloaded to
-``image_dir/{item_idx}.{ext}`` once and reused on later runs. Downloads are
-deliberately simple here (urllib, a few retries with backoff); hardening
-them is separate work.
+``image_dir/{item_idx}.{ext}`` once and reused on later runs. Downloads and
+decode checks run in a thread pool (``workers``), each download through
+:func:`pmsid.data.download.fetch` (retries with backoff, resumable ``.part``
+files). Each item's result depends only on that item, so the table does not
+depend on ``workers``.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import os
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urlparse
 from urllib.request import url2pathname
@@ -31,10 +31,12 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
+from pmsid.data.download import DownloadError, fetch
+
 log = logging.getLogger("pmsid.data.images")
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff"}
-USER_AGENT = "pmsid/0.1 (research pipeline; image fetch)"
+MAX_ITEM_WARNINGS = 10  # individual per-item warnings; the rest are counted
 
 
 def _is_blank(url: object) -> bool:
@@ -61,36 +63,6 @@ def _download_target(url: str, item_idx: int, image_dir: Path) -> Path:
     return image_dir / f"{item_idx}{ext}"
 
 
-def download(url: str, dest: Path, timeout: float = 10, retries: int = 3, backoff: float = 1.0) -> None:
-    """Fetch ``url`` to ``dest`` (temp file + rename), retrying with
-    exponential backoff. Raises ``OSError`` naming the URL after the last try."""
-    if retries < 1:
-        raise ValueError(f"retries must be >= 1 (the number of attempts), got {retries}")
-    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
-    last_error: Exception | None = None
-    for attempt in range(1, retries + 1):
-        try:
-            request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
-            with urllib.request.urlopen(request, timeout=timeout) as response, open(tmp, "wb") as f:
-                while chunk := response.read(1 << 16):
-                    f.write(chunk)
-            if tmp.stat().st_size == 0:
-                raise OSError("empty response (0 bytes)")
-            os.replace(tmp, dest)
-            return
-        except urllib.error.HTTPError as e:
-            last_error = e
-            tmp.unlink(missing_ok=True)
-            if 400 <= e.code < 500 and e.code != 429:
-                break  # the image is not there; asking again will not help
-        except (OSError, urllib.error.URLError) as e:  # timeouts, resets, DNS, empty body
-            last_error = e
-            tmp.unlink(missing_ok=True)
-        if attempt < retries:
-            time.sleep(backoff * 2 ** (attempt - 1))
-    raise OSError(f"could not download {url} after {attempt} attempt(s): {last_error}")
-
-
 def decodes(path: Path) -> bool:
     """True when Pillow can verify and fully load the image at ``path``."""
     try:
@@ -105,79 +77,126 @@ def decodes(path: Path) -> bool:
         return False
 
 
+def _classify(url: object, item_idx: int, image_dir: Path) -> tuple[str, Path | None, str | None]:
+    """``(source, path, reason)`` of one item without touching the network.
+
+    source: ``local`` / ``cached`` / ``download`` (path set) or ``missing``
+    (reason set)."""
+    if _is_blank(url):
+        return "missing", None, None  # no image in the metadata: common, not worth a warning
+    url = str(url).strip()
+    scheme = urlparse(url).scheme.lower()
+    if scheme in ("http", "https"):
+        path = _download_target(url, item_idx, image_dir)
+        cached = path.is_file() and path.stat().st_size > 0
+        return ("cached" if cached else "download"), path, None
+    if scheme in ("file", "") or len(scheme) == 1:  # len 1: a Windows drive letter
+        path = local_path(url)
+        if not path.is_file():
+            return "missing", None, f"image file {path} does not exist"
+        return "local", path, None
+    return "missing", None, f"unsupported image URL scheme {scheme!r} in {url}"
+
+
+def _resolve_one(url: str, source: str, path: Path, timeout: float, retries: int, backoff: float):
+    """Download (if needed) and decode-check one image: ``(path, status, failure)``."""
+    if source == "download":
+        try:
+            fetch(url, path, retries=retries, backoff=backoff, timeout=timeout, progress=False)
+        except DownloadError as e:
+            return None, "missing", str(e)
+    return str(path), ("ok" if decodes(path) else "broken"), None
+
+
 def resolve_images(
-    items_df: pd.DataFrame, image_dir: str | os.PathLike, timeout: float = 10, retries: int = 3
+    items_df: pd.DataFrame,
+    image_dir: str | os.PathLike,
+    timeout: float = 10,
+    retries: int = 3,
+    *,
+    workers: int = 8,
+    backoff: float = 1.0,
 ) -> pd.DataFrame:
     """One ``(item_idx, path, status)`` row per item, matching the IMAGES contract.
 
-    ``items_df`` needs ``item_idx`` and ``image_url``. Local images are used
-    where they are; http(s) images are downloaded into ``image_dir`` (kept
-    across runs, so a rerun downloads only what is missing). Rows come back
-    sorted by ``item_idx``.
+    ``items_df`` needs ``item_idx`` (unique) and ``image_url``. Local images
+    are used where they are; http(s) images are downloaded into ``image_dir``
+    (kept across runs, so a rerun downloads only what is missing) by
+    ``workers`` threads, each download tried ``retries`` times with
+    exponential ``backoff`` (seconds). A 404 or a download that fails every
+    try gives ``missing``; a file that does not decode gives ``broken``.
+    Rows come back sorted by ``item_idx``.
     """
     missing_cols = [c for c in ("item_idx", "image_url") if c not in items_df.columns]
     if missing_cols:
         raise ValueError(f"items: missing column(s) {missing_cols}; found {list(items_df.columns)}")
     if retries < 1:
         raise ValueError(f"retries must be >= 1 (the number of download attempts), got {retries}")
+    if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
+        raise ValueError(f"workers must be an integer >= 1 (download threads), got {workers!r}")
+    duplicated = items_df["item_idx"][items_df["item_idx"].duplicated()].unique()
+    if len(duplicated):
+        raise ValueError(f"items: item_idx must be unique (one image file per item); duplicated: {duplicated[:5]}")
     image_dir = Path(image_dir)
     image_dir.mkdir(parents=True, exist_ok=True)
 
     rows = items_df[["item_idx", "image_url"]].sort_values("item_idx", kind="stable")
-    paths: list[str | None] = []
-    statuses: list[str] = []
-    counts = {"downloaded": 0, "cached": 0, "local": 0, "failed_download": 0}
-    for item_idx, url in tqdm(
-        zip(rows["item_idx"].to_numpy(), rows["image_url"].to_numpy()),
-        total=len(rows),
-        desc="images",
-        unit="img",
-        mininterval=1.0,
-    ):
-        item_idx = int(item_idx)
-        if _is_blank(url):
-            paths.append(None)
-            statuses.append("missing")
-            continue
-        url = str(url).strip()
-        scheme = urlparse(url).scheme.lower()
-        if scheme in ("http", "https"):
-            path = _download_target(url, item_idx, image_dir)
-            if path.is_file() and path.stat().st_size > 0:
-                counts["cached"] += 1
+    item_ids = rows["item_idx"].to_numpy(np.int32)
+    urls = rows["image_url"].to_numpy()
+    paths: list[str | None] = [None] * len(rows)
+    statuses: list[str] = ["missing"] * len(rows)
+    counts = {"downloaded": 0, "cached": 0, "local": 0, "failed": 0}
+    warnings = 0
+
+    def warn(item_idx: int, reason: str) -> None:
+        nonlocal warnings
+        warnings += 1
+        if warnings <= MAX_ITEM_WARNINGS:
+            log.warning("item %d: %s", item_idx, reason)
+
+    bar = tqdm(total=len(rows), desc="images", unit="img", mininterval=1.0)
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="images")
+    pending: dict[concurrent.futures.Future, tuple[int, str]] = {}
+
+    def collect(done) -> None:
+        for future in done:
+            i, source = pending.pop(future)
+            paths[i], statuses[i], failure = future.result()
+            if failure is not None:
+                counts["failed"] += 1
+                warn(int(item_ids[i]), failure)
             else:
-                try:
-                    download(url, path, timeout=timeout, retries=retries)
-                    counts["downloaded"] += 1
-                except OSError as e:
-                    log.warning("item %d: %s", item_idx, e)
-                    counts["failed_download"] += 1
-                    paths.append(None)
-                    statuses.append("missing")
-                    continue
-        elif scheme in ("file", "") or len(scheme) == 1:  # len 1: a Windows drive letter
-            path = local_path(url)
-            if not path.is_file():
-                log.warning("item %d: image file %s does not exist", item_idx, path)
-                paths.append(None)
-                statuses.append("missing")
+                counts[{"download": "downloaded"}.get(source, source)] += 1
+            bar.update()
+
+    try:
+        for i, (item_idx, url) in enumerate(zip(item_ids, urls)):
+            source, path, reason = _classify(url, int(item_idx), image_dir)
+            if source == "missing":
+                if reason is not None:
+                    warn(int(item_idx), reason)
+                bar.update()
                 continue
-            counts["local"] += 1
-        else:
-            log.warning("item %d: unsupported image URL scheme %r in %s", item_idx, scheme, url)
-            paths.append(None)
-            statuses.append("missing")
-            continue
-        paths.append(str(path))
-        statuses.append("ok" if decodes(path) else "broken")
+            # A bounded window of pending work: memory stays flat on catalogues of 10^6 items.
+            if len(pending) >= 4 * workers:
+                done, _ = concurrent.futures.wait(pending, return_when=concurrent.futures.FIRST_COMPLETED)
+                collect(done)
+            future = pool.submit(_resolve_one, str(url).strip(), source, path, timeout, retries, backoff)
+            pending[future] = (i, source)
+        collect(concurrent.futures.as_completed(list(pending)))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        bar.close()
 
     out = pd.DataFrame(
         {
-            "item_idx": rows["item_idx"].to_numpy(np.int32),
+            "item_idx": item_ids,
             "path": pd.Series(paths, dtype="str"),
             "status": pd.Series(statuses, dtype="str"),
         }
     )
+    if warnings > MAX_ITEM_WARNINGS:
+        log.warning("images: %d more items without an image (not listed)", warnings - MAX_ITEM_WARNINGS)
     n = out["status"].value_counts()
     log.info(
         "images: %d ok, %d missing, %d broken of %d items (%d local, %d downloaded, %d already downloaded, "
@@ -189,7 +208,7 @@ def resolve_images(
         counts["local"],
         counts["downloaded"],
         counts["cached"],
-        counts["failed_download"],
+        counts["failed"],
     )
     broken = out.loc[out["status"] == "broken", "path"].head(5).tolist()
     if broken:

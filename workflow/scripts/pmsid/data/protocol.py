@@ -17,6 +17,10 @@ the same steps, in this order:
 Row order matters in one place: when two interactions of a user share a
 timestamp, the one that came first in the raw file comes first in the
 sequence. Every step here therefore keeps the original relative row order.
+
+Releases that ship their own split (Amazon 2023's "last_out_w_his"
+benchmark) pass a ``split`` column: steps 2-4 are then skipped and the
+release's split is kept and validated instead (:func:`keep_given_split`).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import pandas as pd
 log = logging.getLogger("pmsid.data.protocol")
 
 INTERACTION_COLUMNS = ("user_id", "item_id", "timestamp")
+SPLITS = ("train", "valid", "test")
 
 # ITEMS / USERS / INTERACTIONS column order, as in pmsid.data.contracts.
 ITEM_COLUMNS = ["item_idx", "item_id", "text", "image_url"]
@@ -123,6 +128,47 @@ def split_leave_one_out(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def keep_given_split(df: pd.DataFrame) -> pd.DataFrame:
+    """Keep a release's own train/valid/test split and order each user's sequence.
+
+    ``df`` has ``user_id, item_id, timestamp, split``. Every user needs at
+    least one ``train`` row, exactly one ``valid`` and exactly one ``test``
+    row. Nothing is dropped or deduplicated: the release already did that,
+    and any change would break its split.
+
+    Positions: the train rows by (timestamp, original row order), then the
+    valid row, then the test row. The split, not the timestamp, decides the
+    order of the last two (a release may round times so that they tie).
+    Returns the rows sorted by user then position, with ``position`` and
+    ``split`` as :func:`split_leave_one_out` gives them.
+    """
+    require_columns(df, (*INTERACTION_COLUMNS, "split"), "interactions")
+    out = df.reset_index(drop=True)
+    unknown = ~out["split"].isin(SPLITS)
+    if unknown.any():
+        raise ValueError(
+            f"interactions: column 'split' must hold {list(SPLITS)}; {int(unknown.sum())} row(s) hold other "
+            f"values, e.g. {out.loc[unknown, 'split'].drop_duplicates().head(5).tolist()}"
+        )
+    counts = pd.crosstab(out["user_id"], out["split"]).reindex(columns=list(SPLITS), fill_value=0)
+    bad = counts[(counts["train"] < 1) | (counts["valid"] != 1) | (counts["test"] != 1)]
+    if len(bad):
+        examples = {user: row for user, row in zip(bad.index[:5], bad.to_dict("records"))}
+        raise ValueError(
+            f"given split: {len(bad)} of {len(counts)} user(s) do not have at least one train row, exactly one "
+            f"valid row and exactly one test row; e.g. (rows per split) {examples}. Is one of the release's "
+            "train/valid/test files truncated, or from another category?"
+        )
+    order = out["split"].map({"train": 0, "valid": 1, "test": 2}).to_numpy()
+    out = out.assign(_order=order, _row=np.arange(len(out))).sort_values(
+        ["user_id", "_order", "timestamp", "_row"], kind="stable"
+    )
+    out = out.drop(columns=["_order", "_row"]).reset_index(drop=True)
+    out["position"] = out.groupby("user_id", sort=False).cumcount().to_numpy().astype(np.int32)
+    out["split"] = out["split"].astype("str")
+    return out
+
+
 def _is_missing(value: object) -> bool:
     if value is None:
         return True
@@ -175,6 +221,34 @@ def _as_timestamps(values: pd.Series) -> pd.Series:
     return ts.astype(np.int64)
 
 
+DROP_STATS = (
+    "dropped_no_metadata",
+    "dropped_no_image",
+    "dropped_duplicates",
+    "dropped_k_core",
+    "dropped_k_core_users",
+    "dropped_k_core_items",
+)
+
+
+def _check_given_split_items(inter: pd.DataFrame, items: pd.DataFrame, require_image: bool) -> None:
+    """With a given split every interaction must survive: dropping one would
+    leave a user without its valid or test item, or shift its history."""
+    checks = [("metadata", items["item_id"])]
+    if require_image:
+        checks.append(("an image", items.loc[items["image_url"].notna(), "item_id"]))
+    for what, known in checks:
+        lacking = ~inter["item_id"].isin(known)
+        if lacking.any():
+            examples = inter.loc[lacking, "item_id"].drop_duplicates().head(5).tolist()
+            raise ValueError(
+                f"given split: {int(lacking.sum())} interaction(s) on {inter.loc[lacking, 'item_id'].nunique()} "
+                f"item(s) without {what}, e.g. {examples}. Dropping them would break the release's split; "
+                "use the metadata file of the same release and category"
+                + (", or set require_image: false" if what == "an image" else "")
+            )
+
+
 def build_dataset(
     raw_interactions: pd.DataFrame,
     raw_items: pd.DataFrame,
@@ -200,6 +274,14 @@ def build_dataset(
         every user has train, valid and test items).
     require_image:
         keep only items whose ``image_url`` is set (image-filtered releases).
+
+    A ``split`` column in ``raw_interactions`` (``train`` / ``valid`` /
+    ``test``, e.g. Amazon 2023's benchmark files) means the release's own
+    split: no deduplication, no k-core, no leave-one-out; the split is kept
+    and validated (:func:`keep_given_split`), an interaction whose item lacks
+    metadata (or, with ``require_image``, an image) is an error rather than
+    dropped, and ``stats`` gets ``"given_split": True`` and
+    ``"min_interactions": None``.
 
     Returns
     -------
@@ -257,32 +339,41 @@ def build_dataset(
         "raw_items_with_metadata": len(items),
     }
 
-    n = len(inter)
-    inter = inter[inter["item_id"].isin(items["item_id"])]
-    stats["dropped_no_metadata"] = n - len(inter)
+    given_split = "split" in raw_interactions.columns
+    if given_split:
+        inter = inter.assign(split=raw_interactions["split"].astype("str").to_numpy())
+        _check_given_split_items(inter, items, require_image)
+        # The release deduplicated and filtered already; nothing is dropped.
+        for key in DROP_STATS:
+            stats[key] = 0
+        inter = keep_given_split(inter)
+    else:
+        n = len(inter)
+        inter = inter[inter["item_id"].isin(items["item_id"])]
+        stats["dropped_no_metadata"] = n - len(inter)
 
-    n = len(inter)
-    if require_image:
-        with_image = items.loc[items["image_url"].notna(), "item_id"]
-        inter = inter[inter["item_id"].isin(with_image)]
-    stats["dropped_no_image"] = n - len(inter)
+        n = len(inter)
+        if require_image:
+            with_image = items.loc[items["image_url"].notna(), "item_id"]
+            inter = inter[inter["item_id"].isin(with_image)]
+        stats["dropped_no_image"] = n - len(inter)
 
-    n = len(inter)
-    inter = deduplicate(inter)
-    stats["dropped_duplicates"] = n - len(inter)
+        n = len(inter)
+        inter = deduplicate(inter)
+        stats["dropped_duplicates"] = n - len(inter)
 
-    n, n_u, n_i = len(inter), inter["user_id"].nunique(), inter["item_id"].nunique()
-    inter = k_core(inter, min_interactions)
-    stats["dropped_k_core"] = n - len(inter)
-    stats["dropped_k_core_users"] = int(n_u - inter["user_id"].nunique())
-    stats["dropped_k_core_items"] = int(n_i - inter["item_id"].nunique())
-    if inter.empty:
-        raise ValueError(
-            f"no interactions left after the {min_interactions}-core filter "
-            f"(steps dropped: {stats}); is the data too small for this min_interactions?"
-        )
+        n, n_u, n_i = len(inter), inter["user_id"].nunique(), inter["item_id"].nunique()
+        inter = k_core(inter, min_interactions)
+        stats["dropped_k_core"] = n - len(inter)
+        stats["dropped_k_core_users"] = int(n_u - inter["user_id"].nunique())
+        stats["dropped_k_core_items"] = int(n_i - inter["item_id"].nunique())
+        if inter.empty:
+            raise ValueError(
+                f"no interactions left after the {min_interactions}-core filter "
+                f"(steps dropped: {stats}); is the data too small for this min_interactions?"
+            )
 
-    inter = split_leave_one_out(inter)
+        inter = split_leave_one_out(inter)
 
     # Dense indices in sorted raw-id order (string order of the raw ids).
     item_ids = np.sort(inter["item_id"].unique())
@@ -341,6 +432,10 @@ def build_dataset(
             "text_fields": text_fields,
         }
     )
+    if given_split:
+        # The release applied its own k-core; this run's min_interactions was not used.
+        stats["min_interactions"] = None
+        stats["given_split"] = True
     log.info(
         "protocol: %d raw interactions -> %d users, %d items, %d interactions "
         "(dropped: %d without metadata, %d without image, %d duplicates, %d by the %d-core)",

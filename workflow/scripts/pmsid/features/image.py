@@ -12,11 +12,15 @@ Two backends:
 
 Items without a usable image (status ``missing`` or ``broken`` in
 images.parquet) get a declared fill: the mean feature of the items with
-images, or zeros.
+images, or zeros. :func:`run_image_features` is the pipeline stage: fp16 /
+bf16 autocast on CUDA, the batch halved on GPU out-of-memory, and finished
+chunks kept in ``<out>.partial/`` so that a killed job resumes (see
+:mod:`pmsid.features.batching`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -28,9 +32,20 @@ import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
 
 from pmsid.data.contracts import IMAGES, ITEMS, read_table, write_features
+from pmsid.features.batching import (
+    DEFAULT_CHUNK_ITEMS,
+    DTYPES,
+    ChunkStore,
+    cache_key,
+    chunk_size,
+    dtype_name,
+    encode_in_batches,
+    encode_resumable,
+    partial_dir,
+    resolve_dtype,
+)
 from pmsid.features.text import hub_offline
 from pmsid.train.utils import resolve_device
 
@@ -39,6 +54,16 @@ log = logging.getLogger("pmsid.features.image")
 BACKENDS = ("timm", "open_clip")
 MISSING_POLICIES = ("mean", "zeros")
 STATUSES = ("ok", "missing", "broken")
+# features.image in config/config.yaml; a missing key takes its default here.
+IMAGE_DEFAULTS = {
+    "backend": "timm",
+    "model": "efficientnet_lite0",
+    "checkpoint": "bundled",
+    "batch_size": 32,
+    "missing": "mean",  # fill for items without a usable image: mean or zeros
+    "dtype": "auto",  # autocast: auto = bf16/fp16 on CUDA, fp32 (none) on CPU
+    "chunk_items": DEFAULT_CHUNK_ITEMS,  # images per resumable chunk in <out>.partial/
+}
 
 
 @dataclass
@@ -52,6 +77,8 @@ class ImageEncoder:
     transform: Callable[[Image.Image], torch.Tensor]  # PIL RGB image -> (3, H, W) float tensor
     dim: int  # length of one feature vector
     device: torch.device
+    dtype: torch.dtype = torch.float32  # autocast dtype; float32 = no autocast
+    pooling: str = ""  # what one feature vector is (for the metadata)
 
 
 # ---------------------------------------------------------------------------
@@ -208,6 +235,7 @@ def load_image_encoder(
     model: str = "efficientnet_lite0",
     checkpoint: str | None = "bundled",
     device: str = "auto",
+    dtype: str = "auto",
 ) -> ImageEncoder:
     """Load an image encoder with its preprocessing.
 
@@ -223,6 +251,9 @@ def load_image_encoder(
     A local file of OpenAI's weights needs the ``-quickgelu`` model name
     (``"ViT-L-14-quickgelu"``), which a tag would have set by itself.
     Preprocessing is the one open_clip returns for the model.
+
+    ``dtype`` is the autocast dtype of the forward pass (``"auto"``: bf16 or
+    fp16 on CUDA, none on the CPU); the weights stay float32.
     """
     dev = resolve_device(device)
     if backend == "timm":
@@ -233,14 +264,25 @@ def load_image_encoder(
         config = timm.data.resolve_data_config({}, model=net)
         transform = timm.data.create_transform(**config, is_training=False)
         dim = int(net.num_features)
+        pool = getattr(getattr(net, "global_pool", None), "pool_type", None) or "global"
+        pooling = f"model head: pre-logits, {pool} pooling (timm forward_head)"
     elif backend == "open_clip":
         net, transform, ckpt = _load_open_clip(model, checkpoint, dev)
         net = net.to(dev).eval()
         dim = int(net.visual.output_dim)
+        pooling = "image embedding (open_clip encode_image, not normalized)"
     else:
         raise ValueError(f"unknown image backend '{backend}'; choose one of {BACKENDS}")
     return ImageEncoder(
-        backend=backend, name=model, checkpoint=ckpt, model=net, transform=transform, dim=dim, device=dev
+        backend=backend,
+        name=model,
+        checkpoint=ckpt,
+        model=net,
+        transform=transform,
+        dim=dim,
+        device=dev,
+        dtype=resolve_dtype(dtype, dev),
+        pooling=pooling,
     )
 
 
@@ -283,6 +325,25 @@ def _features(encoder: ImageEncoder, batch: torch.Tensor) -> torch.Tensor:
     return encoder.model.encode_image(batch)
 
 
+def _autocast(encoder: ImageEncoder):
+    """fp16 / bf16 autocast when the encoder's dtype asks for it; nothing for float32."""
+    if encoder.dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=encoder.device.type, dtype=encoder.dtype)
+
+
+def _batch_forward(paths: list, encoder: ImageEncoder, forward) -> Callable[[np.ndarray], np.ndarray]:
+    """rows -> ``forward`` of those rows' images, float32 on the CPU."""
+
+    def run(rows: np.ndarray) -> np.ndarray:
+        batch = torch.stack([encoder.transform(_load_or_fail(paths[i])) for i in rows])  # (B, 3, H, W)
+        with torch.inference_mode(), _autocast(encoder):
+            out = forward(batch.to(encoder.device))
+        return out.float().cpu().numpy()
+
+    return run
+
+
 def _run_batched(paths: list, encoder: ImageEncoder, batch_size: int, forward, desc: str) -> np.ndarray:
     """Apply ``forward`` to all images in batches; halves the batch on GPU out-of-memory.
 
@@ -290,30 +351,9 @@ def _run_batched(paths: list, encoder: ImageEncoder, batch_size: int, forward, d
     network dominates (about 450 images/s preprocessing vs 16 images/s for
     efficientnet_lite0 on one core), so worker processes would not pay off.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    outputs = []
-    start = 0
-    with tqdm(total=len(paths), desc=desc, unit="img", mininterval=5) as bar:
-        while start < len(paths):
-            chunk = paths[start : start + batch_size]
-            batch = torch.stack([encoder.transform(_load_or_fail(p)) for p in chunk]).to(encoder.device)
-            try:
-                with torch.inference_mode():
-                    out = forward(batch)
-            except torch.OutOfMemoryError:  # raised by CUDA (and other accelerators), not by the CPU
-                if batch_size == 1:
-                    raise
-                del batch
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
-                batch_size //= 2
-                log.warning("out of GPU memory: image batch size halved to %d", batch_size)
-                continue  # retry the same images with the smaller batch
-            outputs.append(out.float().cpu().numpy())
-            start += len(chunk)
-            bar.update(len(chunk))
-    return np.concatenate(outputs)
+    rows = np.arange(len(paths))
+    out, _ = encode_in_batches(rows, _batch_forward(paths, encoder, forward), batch_size, log, desc)
+    return out
 
 
 def encode_images(paths: list[str | os.PathLike], encoder: ImageEncoder, batch_size: int = 32) -> np.ndarray:
@@ -345,33 +385,64 @@ def classify_images(paths: list[str | os.PathLike], encoder: ImageEncoder) -> np
 # The pipeline stage
 
 
-def extract_image_features(
-    items_df: pd.DataFrame | str | os.PathLike,
-    images_df: pd.DataFrame | str | os.PathLike,
+def resolve_image_cfg(cfg: dict | None) -> dict:
+    """``cfg`` with the defaults of :data:`IMAGE_DEFAULTS` filled in; fails on unknown keys or values."""
+    cfg = dict(cfg or {})
+    unknown = sorted(set(cfg) - set(IMAGE_DEFAULTS))
+    if unknown:
+        raise ValueError(f"features.image: unknown key(s) {unknown}; valid keys are {sorted(IMAGE_DEFAULTS)}")
+    cfg = {**IMAGE_DEFAULTS, **{k: v for k, v in cfg.items() if v is not None}}
+    if cfg["backend"] not in BACKENDS:
+        raise ValueError(f"features.image.backend: unknown image backend '{cfg['backend']}'; choose one of {BACKENDS}")
+    if cfg["missing"] not in MISSING_POLICIES:
+        raise ValueError(
+            f"image_features: unknown missing-image policy '{cfg['missing']}'; choose one of {MISSING_POLICIES}"
+        )
+    if cfg["dtype"] not in DTYPES:
+        raise ValueError(f"features.image.dtype: unknown dtype '{cfg['dtype']}'; choose one of {DTYPES}")
+    for key in ("batch_size", "chunk_items"):
+        if not isinstance(cfg[key], int) or cfg[key] < 1:
+            raise ValueError(f"features.image.{key} must be a positive integer, got {cfg[key]!r}")
+    return cfg
+
+
+def _file_stamp(path: str) -> list:
+    """Path, size and modification time: an image rewritten under the same name changes the cache key."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return [path, None, None]  # fails later, naming the file, when it is read
+    return [path, stat.st_size, stat.st_mtime_ns]
+
+
+def run_image_features(
+    items: pd.DataFrame | str | os.PathLike,
+    images: pd.DataFrame | str | os.PathLike,
     out_path: str | os.PathLike,
-    backend: str = "timm",
-    model: str = "efficientnet_lite0",
-    checkpoint: str | None = "bundled",
-    batch_size: int = 32,
+    cfg: dict | None = None,
     device: str = "auto",
-    missing: str = "mean",
+    encoder: ImageEncoder | None = None,
 ) -> None:
     """Encode every item's image and write ``out_path`` (stage ``image_features``).
 
-    ``items_df`` follows the ITEMS contract and ``images_df`` the IMAGES
-    contract (DataFrames or paths), one images row per item. Items whose
-    image status is ``missing`` or ``broken`` get the ``missing`` policy's
-    fill: ``"mean"``, the mean feature of the items with an image, or
-    ``"zeros"``. Every item gets a row; the metadata records the encoder,
-    the status counts and the policy.
+    ``items`` follows the ITEMS contract and ``images`` the IMAGES contract
+    (DataFrames or paths), one images row per item; ``cfg`` is the
+    features.image config (keys and defaults in :data:`IMAGE_DEFAULTS`).
+    Items whose image status is ``missing`` or ``broken`` get the
+    ``missing`` policy's fill: ``"mean"``, the mean feature of the items with
+    an image, or ``"zeros"``. ``encoder``, when given, is used instead of
+    loading the one ``cfg`` names. Finished chunks collect in
+    ``<out_path>.partial/`` and a rerun with the same encoder, settings and
+    image files resumes from them. Every item gets a row; the metadata
+    records the encoder, the status counts and the policy.
     """
-    if missing not in MISSING_POLICIES:
-        raise ValueError(f"image_features: unknown missing-image policy '{missing}'; choose one of {MISSING_POLICIES}")
-    if not isinstance(items_df, pd.DataFrame):
-        items_df = read_table(items_df, ITEMS)
-    if not isinstance(images_df, pd.DataFrame):
-        images_df = read_table(images_df, IMAGES)
-    images = _align_images(items_df, images_df)
+    cfg = resolve_image_cfg(cfg)
+    missing = cfg["missing"]
+    if not isinstance(items, pd.DataFrame):
+        items = read_table(items, ITEMS)
+    if not isinstance(images, pd.DataFrame):
+        images = read_table(images, IMAGES)
+    images = _align_images(items, images)
 
     status = images["status"].to_numpy()
     ok = status == "ok"
@@ -390,20 +461,43 @@ def extract_image_features(
             "images.parquet (resolve_images) or use the 'zeros' policy"
         )
 
-    start = time.perf_counter()
-    encoder = load_image_encoder(backend, model, checkpoint, device)
-    log.info(
-        "image encoder %s/%s (%s): dim %d, device %s, loaded in %.1f s",
-        backend,
-        model,
-        encoder.checkpoint,
-        encoder.dim,
-        encoder.device,
-        time.perf_counter() - start,
-    )
+    if encoder is None:
+        start = time.perf_counter()
+        encoder = load_image_encoder(cfg["backend"], cfg["model"], cfg["checkpoint"], device, cfg["dtype"])
+        log.info(
+            "image encoder %s/%s (%s): dim %d, %s on %s, loaded in %.1f s",
+            encoder.backend,
+            encoder.name,
+            encoder.checkpoint,
+            encoder.dim,
+            dtype_name(encoder.dtype),
+            encoder.device,
+            time.perf_counter() - start,
+        )
+
+    batch_size = cfg["batch_size"]
+    paths = images.loc[ok, "path"].tolist()
+    settings = {
+        "backend": encoder.backend,
+        "model": encoder.name,
+        "checkpoint": encoder.checkpoint,
+        "dtype": dtype_name(encoder.dtype),
+    }
+    chunk = chunk_size(cfg["chunk_items"], batch_size)
+    key = cache_key(settings, chunk, [_file_stamp(p) for p in paths])
+    store = ChunkStore(partial_dir(out_path), key, len(paths), chunk, encoder.dim)
 
     start = time.perf_counter()
-    ok_features = encode_images(images.loc[ok, "path"].tolist(), encoder, batch_size=batch_size)
+    ok_features = encode_resumable(
+        np.arange(len(paths)),  # item order: images vary in content, not in cost
+        _batch_forward(paths, encoder, lambda x: _features(encoder, x)),
+        dim=encoder.dim,
+        batch_size=batch_size,
+        store=store,
+        stage="image_features",
+        logger=log,
+        what="images",
+    )
     seconds = time.perf_counter() - start
     log.info(
         "encoded %d images in %.1f s (%.1f images/s, batch %d)",
@@ -424,10 +518,12 @@ def extract_image_features(
         matrix,
         stage="image_features",
         metadata={
-            "backend": backend,
-            "model": model,
-            "checkpoint": encoder.checkpoint,
+            **settings,
+            "revision": encoder.checkpoint,
+            "pooling": encoder.pooling,
             "dim": int(encoder.dim),
+            "device": str(encoder.device),
+            "batch_size": int(batch_size),
             "n_items": int(len(matrix)),
             "n_ok": counts["ok"],
             "n_missing": counts["missing"],
@@ -435,6 +531,23 @@ def extract_image_features(
             "policy": missing,
         },
     )
+    store.remove()
+
+
+def extract_image_features(
+    items_df: pd.DataFrame | str | os.PathLike,
+    images_df: pd.DataFrame | str | os.PathLike,
+    out_path: str | os.PathLike,
+    backend: str = "timm",
+    model: str = "efficientnet_lite0",
+    checkpoint: str | None = "bundled",
+    batch_size: int = 32,
+    device: str = "auto",
+    missing: str = "mean",
+) -> None:
+    """:func:`run_image_features` with the settings as arguments (the earlier signature)."""
+    cfg = {"backend": backend, "model": model, "checkpoint": checkpoint, "batch_size": batch_size, "missing": missing}
+    run_image_features(items_df, images_df, out_path, cfg, device)
 
 
 def _align_images(items_df: pd.DataFrame, images_df: pd.DataFrame) -> pd.DataFrame:

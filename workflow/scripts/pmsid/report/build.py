@@ -9,7 +9,7 @@ import logging
 import os
 from pathlib import Path
 
-from pmsid.report import figures, mcrl, pmat, tables
+from pmsid.report import datasets, figures, mcrl, pmat, tables
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,9 @@ def build_report(
     mcrl_components_paths: list[str] = (),
     mcrl_id_space_paths: list[str] = (),
     mcrl_tsne_paths: list[str] = (),
+    dataset_stats_paths: list[str] = (),
+    dataset_images_paths: list[str] = (),
+    image_policy: str | None = None,
 ) -> list[str]:
     """Write every table and figure of the report into ``out_dir``; returns the written paths.
 
@@ -60,6 +63,11 @@ def build_report(
     figures ``mcrl_loss_curves.png`` and ``mcrl_tsne.png``. The MCRL runs'
     metrics stay out of ``metrics_paths``, so the main comparison is the same
     with or without them.
+
+    ``dataset_stats_paths`` (each dataset's ``stats.json``) with
+    ``dataset_images_paths`` (``images.parquet`` of the datasets with images)
+    add the ``datasets`` table: statistics, the check against the published
+    figures, and the image status counts under ``image_policy``.
     """
     # Checked first, so that a partial set of PMAT inputs fails before any work.
     pmat_inputs = [pmat_weights_paths, pmat_preference_paths, pmat_replay_paths, pmat_quality_paths]
@@ -106,7 +114,12 @@ def build_report(
     written.append(figures.plot_training_curves(train_log_paths, out / "training_curves.png"))
     written.append(figures.plot_codebook_utilization(quality, out / "codebook_utilization.png"))
 
-    sections = [
+    sections = []
+    if dataset_stats_paths:
+        table = datasets.dataset_table(dataset_stats_paths, dataset_images_paths, image_policy)
+        written += tables.write_table_formats(table, out / "datasets", datasets.DATASETS_CAPTION)
+        sections.append(("Datasets", "datasets", datasets.DATASETS_CAPTION))
+    sections += [
         ("Main comparison", "main_comparison", main_caption),
         (f"Significance against {baseline_model}", "significance", sig_caption),
         ("Semantic-ID quality", "id_quality", tables.ID_QUALITY_CAPTION),
