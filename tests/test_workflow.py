@@ -55,6 +55,11 @@ def test_report_holds_both_models_for_both_datasets(finished_run):
     assert pairs == {(d, m) for d in ["ml-100k-tiny", "synthetic"] for m in models}
     quality = pd.read_csv(report / "id_quality.csv")
     assert set(quality["dataset"]) == {"ml-100k-tiny", "synthetic"}
+    datasets = pd.read_csv(report / "datasets.csv")
+    assert datasets["dataset"].tolist() == ["ml-100k-tiny", "synthetic"]
+    assert datasets.loc[1, "images ok"] + datasets.loc[1, "images missing"] + datasets.loc[1, "images broken"] == (
+        datasets.loc[1, "items"]
+    )
     for dataset in ["ml-100k-tiny", "synthetic"]:
         for modality in (["text"] if dataset != "synthetic" else ["text", "image"]):
             assert (finished_run / "results" / "pseudolabels" / dataset / f"{modality}.parquet").exists()
