@@ -41,9 +41,11 @@ bench-mcrl: $(STAMP)
 	PYTHONPATH=workflow/scripts $(BIN)/python bench/mcrl_step.py --dataset ml-100k
 	PYTHONPATH=workflow/scripts $(BIN)/python bench/mcrl_step.py --dataset synthetic
 
-# Items per second of each default encoder: its raw encode call vs the pipeline's extraction (about 8 min).
+# Items per second of each default encoder: its raw encode call vs the pipeline's extraction (about 8 min),
+# then image decode throughput with features.image.decode_workers threads vs none (about 1 min).
 bench-extract: $(STAMP)
 	PYTHONPATH=workflow/scripts $(BIN)/python bench/extract_throughput.py
+	PYTHONPATH=workflow/scripts $(BIN)/python bench/image_decode.py
 
 dry-run: $(STAMP)
 	$(BIN)/snakemake -n

@@ -9,6 +9,7 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 import dataclasses
 import hashlib
 import logging
+import threading
 
 import numpy as np
 import pandas as pd
@@ -226,6 +227,29 @@ def test_image_extraction_resumes_after_a_kill(effnet, photo_files, tmp_path, mo
     }
     assert {k: meta[k] for k in expected} == expected
     assert meta["checkpoint"].startswith("bundled:") and "pre-logits" in meta["pooling"]
+
+
+def test_decode_threads_give_the_same_matrix(effnet, photo_files, tmp_path, monkeypatch):
+    """decode_workers > 0 decodes a batch's images in threads, in row order: the same bits as 0."""
+    items, images = _catalogue(photo_files)
+    threads = []
+    real = image_features._load_or_fail
+
+    def load(path):
+        threads.append(threading.current_thread().name)
+        return real(path)
+
+    monkeypatch.setattr(image_features, "_load_or_fail", load)
+    run_image_features(items, images, tmp_path / "serial.parquet", {"batch_size": 4}, "cpu", effnet)
+    assert set(threads) == {threading.main_thread().name}
+    threads.clear()
+    run_image_features(
+        items, images, tmp_path / "threads.parquet", {"batch_size": 4, "decode_workers": 3}, "cpu", effnet
+    )
+    assert len(threads) == 6 and threading.main_thread().name not in threads
+    assert np.array_equal(read_features(tmp_path / "serial.parquet")[1], read_features(tmp_path / "threads.parquet")[1])
+    with pytest.raises(ValueError, match="decode_workers must be an integer >= 0"):
+        run_image_features(items, images, tmp_path / "x.parquet", {"decode_workers": -1}, "cpu", effnet)
 
 
 def test_bfloat16_autocast_changes_the_bits_but_not_the_features(effnet, photo_files):

@@ -24,6 +24,7 @@ import contextlib
 import logging
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -63,6 +64,7 @@ IMAGE_DEFAULTS = {
     "missing": "mean",  # fill for items without a usable image: mean or zeros
     "dtype": "auto",  # autocast: auto = bf16/fp16 on CUDA, fp32 (none) on CPU
     "chunk_items": DEFAULT_CHUNK_ITEMS,  # images per resumable chunk in <out>.partial/
+    "decode_workers": 0,  # threads decoding a batch's images; 0 = in the extraction thread
 }
 
 
@@ -332,11 +334,23 @@ def _autocast(encoder: ImageEncoder):
     return torch.autocast(device_type=encoder.device.type, dtype=encoder.dtype)
 
 
-def _batch_forward(paths: list, encoder: ImageEncoder, forward) -> Callable[[np.ndarray], np.ndarray]:
-    """rows -> ``forward`` of those rows' images, float32 on the CPU."""
+def _batch_forward(
+    paths: list, encoder: ImageEncoder, forward, pool: ThreadPoolExecutor | None = None
+) -> Callable[[np.ndarray], np.ndarray]:
+    """rows -> ``forward`` of those rows' images, float32 on the CPU.
+
+    With a ``pool`` the images of a batch are decoded and preprocessed in its
+    threads (Pillow and torch release the GIL while they work), in row order,
+    so the batch is the same tensor either way. On a GPU the decode, not the
+    network, bounds a large image encoder (README "How long ...").
+    """
+
+    def prepare(i: int) -> torch.Tensor:
+        return encoder.transform(_load_or_fail(paths[i]))  # (3, H, W)
 
     def run(rows: np.ndarray) -> np.ndarray:
-        batch = torch.stack([encoder.transform(_load_or_fail(paths[i])) for i in rows])  # (B, 3, H, W)
+        tensors = list(pool.map(prepare, rows)) if pool is not None else [prepare(i) for i in rows]
+        batch = torch.stack(tensors)  # (B, 3, H, W)
         with torch.inference_mode(), _autocast(encoder):
             out = forward(batch.to(encoder.device))
         return out.float().cpu().numpy()
@@ -403,6 +417,9 @@ def resolve_image_cfg(cfg: dict | None) -> dict:
     for key in ("batch_size", "chunk_items"):
         if not isinstance(cfg[key], int) or cfg[key] < 1:
             raise ValueError(f"features.image.{key} must be a positive integer, got {cfg[key]!r}")
+    workers = cfg["decode_workers"]
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise ValueError(f"features.image.decode_workers must be an integer >= 0 (0 = no threads), got {workers!r}")
     return cfg
 
 
@@ -488,16 +505,18 @@ def run_image_features(
     store = ChunkStore(partial_dir(out_path), key, len(paths), chunk, encoder.dim)
 
     start = time.perf_counter()
-    ok_features = encode_resumable(
-        np.arange(len(paths)),  # item order: images vary in content, not in cost
-        _batch_forward(paths, encoder, lambda x: _features(encoder, x)),
-        dim=encoder.dim,
-        batch_size=batch_size,
-        store=store,
-        stage="image_features",
-        logger=log,
-        what="images",
-    )
+    workers = cfg["decode_workers"]
+    with ThreadPoolExecutor(workers) if workers else contextlib.nullcontext() as pool:
+        ok_features = encode_resumable(
+            np.arange(len(paths)),  # item order: images vary in content, not in cost
+            _batch_forward(paths, encoder, lambda x: _features(encoder, x), pool),
+            dim=encoder.dim,
+            batch_size=batch_size,
+            store=store,
+            stage="image_features",
+            logger=log,
+            what="images",
+        )
     seconds = time.perf_counter() - start
     log.info(
         "encoded %d images in %.1f s (%.1f images/s, batch %d)",
