@@ -1,6 +1,6 @@
 # Two commands on a fresh machine (README "Quick start"):
 #   make run    install into .venv/, run the workflow on config/config.yaml
-#   make test   install into .venv/, run the test suite
+#   make test   install into .venv/, lint, run the test suite
 # and make run-3seeds: the thesis tables with three seeds (mean ± std).
 # Both install idempotently: a second call reuses .venv/.
 
@@ -50,11 +50,14 @@ bench-extract: $(STAMP)
 dry-run: $(STAMP)
 	$(BIN)/snakemake -n
 
+# ruff (lint and format, pyproject.toml), snakefmt and Snakemake's own lint.
 lint: $(STAMP)
-	$(BIN)/snakemake --lint
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/snakefmt --check Snakefile workflow/rules
+	$(BIN)/snakemake --lint
 
-test: $(STAMP)
+test: lint
 	$(BIN)/python -m pytest -ra
 
 clean:

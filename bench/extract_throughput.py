@@ -214,7 +214,7 @@ def main() -> None:
             ("image efficientnet_lite0 (bundled)", "timm", "efficientnet_lite0", "bundled"),
             ("image open-clip ViT-B-32 (random init)", "open_clip", "ViT-B-32", "random"),
         ):
-            seconds, encoder = timed(lambda: load_image_encoder(backend, model, checkpoint, "cpu"))
+            seconds, encoder = timed(lambda: load_image_encoder(backend, model, checkpoint, "cpu"))  # noqa: B023 (called within the iteration)
             loads[name] = seconds
             raw_images(encoder, paths[:4], 4)  # warm-up
             out = tmp / f"{backend}.parquet"
@@ -223,8 +223,8 @@ def main() -> None:
                 compare(
                     name,
                     len(slow),
-                    lambda: raw_images(encoder, paths, 32),
-                    lambda: run_image_features(slow, images, out, image_cfg, "cpu", encoder),
+                    lambda: raw_images(encoder, paths, 32),  # noqa: B023 (called within the iteration)
+                    lambda: run_image_features(slow, images, out, image_cfg, "cpu", encoder),  # noqa: B023 (called within the iteration)
                     out,
                     args.repeats,
                 )

@@ -28,12 +28,12 @@ import numpy as np
 import torch
 import yaml
 
-from pmsid import stages
+from pmsid.data.loaders import load_personalized, load_sequences
 from pmsid.data.sequences import training_samples
 from pmsid.methods.mcrl import ABLATIONS
 from pmsid.methods.mcrl.joint import JointModel
-from pmsid.methods.mcrl.stages import load_generator
 from pmsid.methods.mcrl.train import JOINT_KEYS, read_labels, resolve_cfg
+from pmsid.train.recipes import load_generator
 
 
 def parse_args() -> argparse.Namespace:
@@ -57,15 +57,13 @@ def main() -> None:
     modalities = config["dataset_specs"][args.dataset]["modalities"]
     cfg = resolve_cfg({k: v for k, v in config["mcrl"].items() if k not in ("datasets", "ablations", "id_space")})
     root, d, s = Path(args.results), args.dataset, args.seed
-    init = root / "train" / d / "pmat_personalized" / f"seed{s}" / "model.pt"
+    init = root / "train" / d / "pmat_static" / f"seed{s}" / "model.pt"
     if not init.exists():
         raise SystemExit(f"{init} not found: run the workflow first (make run), or pick --dataset / --seed")
 
-    seqs = stages.load_sequences(root / "data" / d / "interactions.parquet", root / "data" / d / "items.parquet")
+    seqs = load_sequences(root / "data" / d / "interactions.parquet", root / "data" / d / "items.parquet")
     tokens = root / "tokenize" / d / "pmat_personalized" / f"seed{s}"
-    _, tables = stages.load_personalized(
-        {"ids": tokens / "ids.parquet", "assignment": tokens / "assignment.parquet"}, seqs
-    )
+    _, tables = load_personalized(tokens / "ids.parquet", tokens / "assignment.parquet", seqs)
     labels = read_labels({m: root / "pseudolabels" / d / f"{m}.parquet" for m in modalities}, seqs.n_items)
     generator = load_generator(str(init))
     users, history, target = training_samples(seqs, generator.history_cap)

@@ -32,3 +32,93 @@ def http_server():
 
     with LocalServer() as server:
         yield server
+
+
+def evaluate_tiger(model_path, seqs, codes, ks, beam_size, exclude_history, device="cpu", user_tables=None):
+    """``(per_user, metrics)`` of a saved generator, through the generic evaluation."""
+    from pmsid.evaluate.ranking import evaluate_rankings
+    from pmsid.methods.tiger import rank_generator
+
+    rankings = rank_generator(model_path, seqs, codes, beam_size, ks, exclude_history, device, user_tables)
+    _, per_user, metrics = evaluate_rankings(seqs, rankings, ks, history_cap=20)
+    return per_user, metrics
+
+
+def evaluate_sasrec(model_path, seqs, ks, exclude_history, device="cpu"):
+    """``(per_user, metrics)`` of a saved SASRec, through the generic evaluation."""
+    from types import SimpleNamespace
+
+    from pmsid.evaluate.ranking import evaluate_rankings, list_length
+    from pmsid.methods import sasrec
+
+    job = SimpleNamespace(
+        model=str(model_path), seqs=seqs, k=list_length(ks), exclude_history=exclude_history, device=device
+    )
+    _, per_user, metrics = evaluate_rankings(seqs, sasrec.rank(job), ks, history_cap=20)
+    return per_user, metrics
+
+
+def dry_run_jobs(output: str) -> set[str]:
+    """Jobs of a dry run's output: the rule name, or ``{rule}_{method}`` for
+    the generic train / evaluate rules (e.g. ``train_tiger``, ``evaluate_mcrl_all``)."""
+    import re
+
+    jobs = set()
+    for block in re.split(r"^\[.*\]$", output, flags=re.MULTILINE):  # each job starts with a [timestamp] line
+        rule = re.search(r"^rule (\w+):", block, flags=re.MULTILINE)
+        if rule is None:
+            continue
+        method = re.search(r"method=([\w-]+)", block)
+        jobs.add(f"{rule[1]}_{method[1]}" if method and rule[1] in ("train", "evaluate") else rule[1])
+    return jobs
+
+
+def report_manifest(metrics=(), per_user=(), quality=(), train=(), **named) -> list[dict]:
+    """A report manifest (``pmsid.report.build.build_report``) from lists of paths:
+    the main section's ``metrics`` / ``per_user`` / ``train`` logs, the
+    tokenizers' ``quality``, and ``{kind}_paths`` keywords: ``mcrl_*_paths``
+    (the MCRL section's metrics, per_user, components, id_space, tsne),
+    ``pmat_*_paths`` and ``dataset_*_paths`` (kinds of those names)."""
+    entries = [{"kind": "metrics", "path": str(p), "sections": ["main"]} for p in metrics]
+    entries += [{"kind": "per_user", "path": str(p), "sections": ["main"]} for p in per_user]
+    entries += [{"kind": "train_log", "path": str(p), "sections": ["main"]} for p in train]
+    entries += [{"kind": "quality", "path": str(p)} for p in quality]
+    for key, paths in named.items():
+        kind = key.removesuffix("_paths")
+        if kind.startswith("mcrl_"):
+            entries += [{"kind": kind.removeprefix("mcrl_"), "path": str(p), "sections": ["mcrl"]} for p in paths]
+        else:
+            entries += [{"kind": kind, "path": str(p)} for p in paths]
+    from pmsid.methods import registry
+
+    merged = []
+    for entry in entries:
+        meta = _method_metadata(entry["path"])
+        sections = list(dict.fromkeys([*entry.get("sections", []), *meta.get("sections", [])]))
+        merged.append({**meta, **entry, "sections": sections})
+    # The workflow's manifest lists runs in registry order, which is the tables' row order.
+    order = {name: i for i, name in enumerate(registry.METHODS)}
+    return sorted(merged, key=lambda e: order.get(e.get("method"), -1))
+
+
+def _method_metadata(path: str) -> dict:
+    """The registry's metadata of the method a run path names (as the workflow's manifest has it)."""
+    import re
+
+    from pmsid.methods import registry
+
+    m = re.search(r"results/(?:evaluate|train|mcrl)/[^/]+/([^/]+)/seed\d+/", path)
+    if m is None or m[1] not in registry.METHODS:
+        return {}
+    from pmsid.manifest import method_entry
+
+    return method_entry(registry.get(m[1]))
+
+
+def section_rows(section: str):
+    """The report rows of ``section`` for every registered method (registry order)."""
+    from pmsid.manifest import method_entry
+    from pmsid.methods import registry
+    from pmsid.report.tables import SectionRows
+
+    return SectionRows.from_manifest([method_entry(s) for s in registry.METHODS.values()], section)

@@ -5,10 +5,9 @@ import logging
 import numpy as np
 import pandas as pd
 import pytest
-
-from pmsid.data.contracts import INTERACTIONS, ITEMS, read_features, read_metadata, write_table
 import scipy.sparse as sp
 
+from pmsid.data.contracts import INTERACTIONS, ITEMS, read_features, read_metadata, write_table
 from pmsid.features.behaviour import (
     behaviour_embeddings,
     cooccurrence_matrix,

@@ -1,15 +1,15 @@
 """Parse-time checks: the schema and the cross-key checks reject bad configs
-before any job runs, naming the key (RELIABILITY.md 1-4)."""
+before any job runs, naming the key."""
 
 from __future__ import annotations
 
 import re
 
-import yaml
 import pytest
+import yaml
 from snakemake.utils import validate
 
-from conftest import REPO, run_snakemake
+from conftest import REPO, dry_run_jobs, run_snakemake
 
 DEFAULT = REPO / "config" / "config.yaml"
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
@@ -204,21 +204,29 @@ def test_default_dag_builds_and_lint_is_clean(tmp_path):
         "rqkmeans_ids",
         "train_tiger",
         "train_sasrec",
+        "train_mostpop",
+        "train_random",
         "evaluate_tiger",
         "evaluate_sasrec",
+        "evaluate_mostpop",
+        "evaluate_random",
         "report",
         "behaviour_features",
         "pmat_attention",
         "pmat_ids",
         "pmat_replay",
-        "train_pmat",
-        "evaluate_pmat",
-        "train_mcrl",
-        "evaluate_mcrl",
+        "train_pmat_global",
+        "train_pmat_static",
+        "evaluate_pmat_global",
+        "evaluate_pmat_static",
+        "evaluate_pmat_full",
+        "train_mcrl_none",
+        "evaluate_mcrl_all",
         "mcrl_id_space",
         "mcrl_tsne",
     ]:
-        assert rule in result.stdout, f"rule {rule} missing from the default DAG"
+        assert rule in dry_run_jobs(result.stdout), f"job {rule} missing from the default DAG"
+    assert "train_pmat_full" not in dry_run_jobs(result.stdout), "pmat_full ranks with pmat_static's model"
     lint = run_snakemake(tmp_path, "--lint", "--configfile", str(DEFAULT), timeout=300)
     assert lint.returncode == 0, lint.stdout[-3000:] + lint.stderr[-3000:]
     assert "Congratulations" in lint.stdout + lint.stderr
@@ -235,11 +243,11 @@ def test_mcrl_on_a_one_modality_dataset_without_l_inter_starts_from_tiger(tmp_pa
     result = run_snakemake(tmp_path, "-n", "--configfile", str(DEFAULT), str(tmp_path / "ok.yaml"), timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     jobs = re.split(r"^\[.*\]$", result.stdout, flags=re.MULTILINE)  # each job starts with a [timestamp] line
-    ml100k = [j for j in jobs if "rule train_mcrl:" in j and "dataset=ml-100k" in j]
-    synthetic = [j for j in jobs if "rule train_mcrl:" in j and "dataset=synthetic" in j]
+    ml100k = [j for j in jobs if "rule train:" in j and "method=mcrl_" in j and "dataset=ml-100k" in j]
+    synthetic = [j for j in jobs if "rule train:" in j and "method=mcrl_" in j and "dataset=synthetic" in j]
     assert len(ml100k) == len(synthetic) == 3
     assert all("results/train/ml-100k/tiger/seed0/model.pt" in j for j in ml100k)
-    assert all("results/train/synthetic/pmat_personalized/seed0/model.pt" in j for j in synthetic)
+    assert all("results/train/synthetic/pmat_static/seed0/model.pt" in j for j in synthetic)
 
 
 REAL_DATASETS = [

@@ -254,8 +254,9 @@ def test_decode_threads_give_the_same_matrix(effnet, photo_files, tmp_path, monk
 
 def test_bfloat16_autocast_changes_the_bits_but_not_the_features(effnet, photo_files):
     half = dataclasses.replace(effnet, dtype=torch.bfloat16)
-    full, low = image_features.encode_images(photo_files[:2], effnet), image_features.encode_images(
-        photo_files[:2], half
+    full, low = (
+        image_features.encode_images(photo_files[:2], effnet),
+        image_features.encode_images(photo_files[:2], half),
     )
     assert low.dtype == np.float32 and not np.array_equal(full, low)  # autocast really ran in bf16
     cos = (full * low).sum(1) / np.linalg.norm(full, axis=1) / np.linalg.norm(low, axis=1)

@@ -1,4 +1,4 @@
-"""MCRL's joint objective (THESIS.md section 5): exact PMAT reduction, gradients, config, schedules, logging."""
+"""MCRL's joint objective (docs/METHOD.md section 5): exact PMAT reduction, gradients, config, schedules, logging."""
 
 from __future__ import annotations
 

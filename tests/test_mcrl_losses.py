@@ -1,4 +1,4 @@
-"""MCRL losses (THESIS.md section 5): InfoNCE, L_user, L_intra, L_inter, ID representation, weighted sum."""
+"""MCRL losses (docs/METHOD.md section 5): InfoNCE, L_user, L_intra, L_inter, ID representation, weighted sum."""
 
 from __future__ import annotations
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import ast
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -14,7 +12,9 @@ from pmsid.data import contracts
 from pmsid.data.sequences import training_samples
 from pmsid.methods.mcrl import ABLATIONS, joint
 from pmsid.methods.mcrl import train as mcrl_train
-from pmsid.models import api
+from pmsid.train import recipes as api
+
+from conftest import evaluate_tiger
 
 torch.set_num_threads(1)
 
@@ -132,7 +132,7 @@ def test_alternating_schedule_turns_the_losses_on_at_odd_steps(stage1, tmp_path)
 def test_the_saved_model_evaluates_as_a_tiger_model(stage1, tmp_path):
     seqs, codes, _ = stage1
     _, out = run(stage1, tmp_path, "all")
-    per_user, metrics = api.evaluate_tiger(out["model.pt"], seqs, codes, KS, 12, False, "cpu", USER_TABLES)
+    per_user, metrics = evaluate_tiger(out["model.pt"], seqs, codes, KS, 12, False, "cpu", USER_TABLES)
     values = metrics.set_index(["split", "metric"])["value"]
     assert values[("test", "invalid_id_rate")] == 0.0
     assert values[("test", "n_users")] == N_USERS
@@ -223,13 +223,13 @@ def test_bad_stage2_config_fails_naming_the_key(cfg, message):
         mcrl_train.resolve_cfg(cfg)
 
 
-def test_the_workflow_and_the_package_agree_on_the_ablations():
-    from conftest import REPO
+def test_every_ablation_is_a_registered_method():
+    from pmsid.methods import registry
 
-    text = (REPO / "workflow" / "rules" / "common.smk").read_text()
-    block = text[text.index("MCRL_LOSSES = {") : text.index("}  # the ablations")] + "}"
-    workflow = ast.literal_eval(block.removeprefix("MCRL_LOSSES = "))
-    assert {k: tuple(v) for k, v in workflow.items()} == ABLATIONS
+    for name, losses in ABLATIONS.items():
+        spec = registry.get(f"mcrl_{name}")
+        assert spec.options["losses"] == list(losses) and spec.sections == ("mcrl",)
+        assert spec.role == ("control" if not losses else "ours")
 
 
 def test_stage1_may_be_plain_tiger_with_one_table(tmp_path, monkeypatch):
@@ -254,7 +254,7 @@ def test_stage1_may_be_plain_tiger_with_one_table(tmp_path, monkeypatch):
     assert groups and all(g is None for g in groups)  # one table: only the row's own item is positive
     saved = torch.load(out[0], weights_only=True)
     assert tuple(saved["codes"].shape) == (1, N_ITEMS, single.shape[1])
-    _, metrics = api.evaluate_tiger(out[0], seqs, single, KS, 12, False, "cpu")
+    _, metrics = evaluate_tiger(out[0], seqs, single, KS, 12, False, "cpu")
     assert metrics.set_index(["split", "metric"])["value"][("test", "invalid_id_rate")] == 0.0
 
 

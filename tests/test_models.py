@@ -15,10 +15,12 @@ import torch
 
 from pmsid.data import contracts
 from pmsid.data.sequences import Sequences
-from pmsid.models import api
 from pmsid.models.sasrec import SASRec
 from pmsid.train import loop
+from pmsid.train import recipes as api
 from pmsid.train.utils import NonFiniteLossError
+
+from conftest import evaluate_sasrec, evaluate_tiger
 
 torch.set_num_threads(1)
 
@@ -49,12 +51,12 @@ def train(kind, tmp_path, seed=0, tag="run", **overrides):
     if kind == "tiger":
         cfg = {**TIGER_CFG, **overrides}
         log = api.train_tiger(seqs, grid_codes(), cfg, *paths.values(), seed, device="cpu")
-        per_user, metrics = api.evaluate_tiger(paths["model.pt"], seqs, grid_codes(), KS, 12, False, "cpu")
+        per_user, metrics = evaluate_tiger(paths["model.pt"], seqs, grid_codes(), KS, 12, False, "cpu")
     else:
         mode = {"train_mode": "prefix"} if kind == "sasrec-prefix" else {}
         cfg = {**SASREC_CFG, **mode, **overrides}
         log = api.train_sasrec(seqs, cfg, *paths.values(), seed, device="cpu")
-        per_user, metrics = api.evaluate_sasrec(paths["model.pt"], seqs, KS, False, "cpu")
+        per_user, metrics = evaluate_sasrec(paths["model.pt"], seqs, KS, False, "cpu")
     return log, per_user, metrics, paths
 
 

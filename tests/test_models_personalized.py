@@ -17,14 +17,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from test_beam import random_codes, random_histories
+from test_beam import random_model as _random_model
 
 from pmsid.data import contracts
 from pmsid.data.sequences import Sequences, training_samples
-from pmsid.models import api
 from pmsid.models.beam import Trie, beam_search, beam_search_tables, brute_force_topk
 from pmsid.models.generator import TigerGenerator
-from test_beam import random_codes, random_histories
-from test_beam import random_model as _random_model
+from pmsid.train import recipes as api
+
+from conftest import evaluate_tiger
 
 torch.set_num_threads(1)
 
@@ -79,7 +81,7 @@ def test_one_table_as_3d_equals_the_2d_codes_bit_for_bit(tmp_path):
     for tag, codes in (("flat", grid_codes()), ("stacked", grid_codes()[None])):
         paths = run_paths(tmp_path, tag)
         log = api.train_tiger(seqs, codes, run, *paths, seed=0, device="cpu")
-        per_user, metrics = api.evaluate_tiger(paths[0], seqs, codes, KS, 12, False, "cpu")
+        per_user, metrics = evaluate_tiger(paths[0], seqs, codes, KS, 12, False, "cpu")
         out[tag] = log, per_user, timing_free(metrics), torch.load(paths[0], weights_only=True)
     (log_a, users_a, metrics_a, saved_a), (log_b, users_b, metrics_b, saved_b) = out.values()
     pd.testing.assert_frame_equal(log_a, log_b)
@@ -96,14 +98,14 @@ def test_a_model_saved_with_2d_codes_still_evaluates(tmp_path):
     """Models saved before personalized IDs hold codes (N, D) in the payload and the state dict."""
     seqs, paths = cyclic_sequences(), run_paths(tmp_path, "new")
     api.train_tiger(seqs, grid_codes(), {**CFG, "max_epochs": 2}, *paths, seed=0, device="cpu")
-    _, metrics_new = api.evaluate_tiger(paths[0], seqs, grid_codes(), KS, 12, False, "cpu")
+    _, metrics_new = evaluate_tiger(paths[0], seqs, grid_codes(), KS, 12, False, "cpu")
     saved = torch.load(paths[0], weights_only=True)
     saved["codes"] = saved["codes"][0]
     saved["state_dict"]["codes"] = saved["state_dict"]["codes"][0]
     del saved["user_tables"]
     old_path = tmp_path / "old_model.pt"
     torch.save(saved, old_path)
-    _, metrics_old = api.evaluate_tiger(old_path, seqs, grid_codes(), KS, 12, False, "cpu")
+    _, metrics_old = evaluate_tiger(old_path, seqs, grid_codes(), KS, 12, False, "cpu")
     pd.testing.assert_frame_equal(timing_free(metrics_new), timing_free(metrics_old))
 
 
@@ -247,7 +249,7 @@ def test_bad_user_tables_fail_naming_the_argument(tmp_path, user_tables, message
             api.train_tiger(seqs, codes, CFG, *run_paths(tmp_path, "t"), seed=0, device="cpu", user_tables=user_tables)
     # evaluate checks its arguments before it opens the model file.
     with pytest.raises(ValueError, match=message):
-        api.evaluate_tiger(tmp_path / "none.pt", seqs, codes, KS, 12, False, "cpu", user_tables=user_tables)
+        evaluate_tiger(tmp_path / "none.pt", seqs, codes, KS, 12, False, "cpu", user_tables=user_tables)
 
 
 def test_bad_codes_fail_naming_codes(tmp_path):
@@ -272,9 +274,9 @@ def test_two_tables_train_and_evaluate_with_tables_per_split(tmp_path, caplog):
     cfg = {**CFG, "max_epochs": 20, "patience": 20}
     log = api.train_tiger(seqs, codes, cfg, *paths, seed=0, device="cpu", user_tables=train_tables)
     with caplog.at_level(logging.INFO, logger="pmsid"):
-        per_user, metrics = api.evaluate_tiger(paths[0], seqs, codes, KS, 12, False, "cpu", user_tables=split_tables)
-    assert "tiger valid: users per ID table [15, 15]" in caplog.text
-    assert "tiger test: users per ID table [20, 10]" in caplog.text
+        per_user, metrics = evaluate_tiger(paths[0], seqs, codes, KS, 12, False, "cpu", user_tables=split_tables)
+    assert "beam search valid: users per ID table [15, 15]" in caplog.text
+    assert "beam search test: users per ID table [20, 10]" in caplog.text
     contracts.write_table(per_user, tmp_path / "per_user.parquet", contracts.PER_USER)
     contracts.write_table(metrics, tmp_path / "metrics.parquet", contracts.METRICS)
     for split in api.SPLITS:
@@ -291,7 +293,7 @@ def test_two_tables_train_and_evaluate_with_tables_per_split(tmp_path, caplog):
     assert torch.equal(saved["codes"], torch.from_numpy(codes))
     # Each split decodes under its own tables: its rows equal a run with those tables for both splits.
     for split, tables in split_tables.items():
-        alone, _ = api.evaluate_tiger(paths[0], seqs, codes, KS, 12, False, "cpu", user_tables=tables)
+        alone, _ = evaluate_tiger(paths[0], seqs, codes, KS, 12, False, "cpu", user_tables=tables)
         pd.testing.assert_frame_equal(
             per_user[per_user["split"] == split].reset_index(drop=True),
             alone[alone["split"] == split].reset_index(drop=True),

@@ -8,6 +8,7 @@ something to recover. Every stage writes contract files that the next reads.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -89,7 +90,7 @@ def test_user_weights_are_on_the_simplex_and_the_preference_is_recovered(planted
     np.testing.assert_allclose(per_user, 1.0, atol=1e-6)
     assert (weights["weight"] >= 0).all()
     assert set(weights["planted_preference"]) == {"image", "text"}
-    pref = json.loads(open(planted["attention"]["preference"]).read())
+    pref = json.loads(Path(planted["attention"]["preference"]).read_text())
     assert pref["available"] and pref["n_users"] == N_USERS
     # Planted two-group users: the learned image weight ranks image-led users higher.
     assert pref["spearman"] > 0.6, pref

@@ -492,7 +492,7 @@ def test_expected_stats():
 
 # ---- the catalogue: URLs and the mirror --------------------------------------------------------
 
-# THESIS.md 2.1, with {Cat} filled in.
+# docs/METHOD.md 2.1, with {Cat} filled in.
 THESIS_URLS = {
     ("amazon2014", "Beauty"): [
         "https://snap.stanford.edu/data/amazon/productGraph/categoryFiles/reviews_Beauty_5.json.gz",
@@ -600,7 +600,7 @@ def test_mirror_is_deterministic(tmp_path):
     a = build_mirror(tmp_path / "a", "http://img")
     b = build_mirror(tmp_path / "b", "http://img")
     for name in ("amazon2014", "amazon2023", "ml-1m", "ml-25m"):
-        for role, relative in a[name]["files"].items():
+        for relative in a[name]["files"].values():
             assert (tmp_path / "a" / relative).read_bytes() == (tmp_path / "b" / relative).read_bytes(), relative
     assert a["ml-1m"]["md5"] == b["ml-1m"]["md5"]
     for name in ("amazon2014", "amazon2018", "amazon2023"):

@@ -23,6 +23,8 @@ from pmsid.evaluate.metrics import mean_metrics
 from pmsid.report import tables
 from pmsid.report.build import build_report
 
+from conftest import report_manifest
+
 DATASETS = ["toy_a", "toy_b"]
 MODELS = ["sasrec", "tiger"]
 SEEDS = [0, 1]
@@ -127,10 +129,8 @@ def report(tmp_path_factory):
         quality_paths.append(str(path))
 
     out_dir = root / "results" / "report"
-    written = build_report(
-        metrics_paths, per_user_paths, quality_paths, train_paths, out_dir, exclude_history=True,
-        baseline_model="sasrec",
-    )  # fmt: skip
+    manifest = report_manifest(metrics_paths, per_user_paths, quality_paths, train_paths)
+    written = build_report(manifest, out_dir, exclude_history=True, baseline_model="sasrec")
     return {
         "out": out_dir,
         "written": written,

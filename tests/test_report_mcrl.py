@@ -22,12 +22,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import REPO
 from pmsid.data.contracts import ID_QUALITY, METRICS, PER_USER, TRAIN_LOG, write_table
 from pmsid.evaluate.metrics import mean_metrics, user_metrics
 from pmsid.methods.mcrl import ABLATIONS
 from pmsid.report import mcrl, tables
 from pmsid.report.build import build_report
+
+from conftest import REPO, report_manifest, section_rows
 
 MODALITIES = {"synth": ["text", "image"], "ml": ["text"]}
 # Given in an order that is not ABLATIONS order, so that the table's order is the code's doing.
@@ -137,7 +138,9 @@ def write_tree(root) -> dict:
                 paths["mcrl_per_user"].append(per_user_path)
                 for metric, value in values.items():
                     expected.setdefault((dataset, model), {}).setdefault(metric, []).append(value)
-                comp = root / "results" / "train" / dataset / model / f"seed{seed}" / "loss_components.parquet"
+                comp = (
+                    root / "results" / "train" / dataset / model / f"seed{seed}" / "extras" / "loss_components.parquet"
+                )
                 comp.parent.mkdir(parents=True, exist_ok=True)
                 components(ablation, seed).to_parquet(comp, index=False)
                 paths["components"].append(str(comp))
@@ -165,10 +168,8 @@ def mcrl_kwargs(paths: dict) -> dict:
 
 
 def run_report(paths: dict, out_dir, **mcrl_paths) -> list[str]:
-    return build_report(
-        paths["metrics"], paths["per_user"], paths["quality"], paths["train"], out_dir,
-        exclude_history=True, baseline_model="sasrec", **mcrl_paths,
-    )  # fmt: skip
+    manifest = report_manifest(paths["metrics"], paths["per_user"], paths["quality"], paths["train"], **mcrl_paths)
+    return build_report(manifest, out_dir, exclude_history=True, baseline_model="sasrec")
 
 
 @pytest.fixture(scope="module")
@@ -191,7 +192,7 @@ def write_mcrl_only(paths: dict, out, **overrides) -> None:
     kwargs = {**mcrl_kwargs(paths), **overrides}
     runs = tables.collect_runs(kwargs["mcrl_metrics_paths"])
     inputs = [kwargs[f"mcrl_{k}_paths"] for k in ["per_user", "components", "id_space", "tsne"]]
-    mcrl.write_mcrl_report(runs, *inputs, out=out, exclude_history=True)
+    mcrl.write_mcrl_report(runs, *inputs, out=out, exclude_history=True, rows=section_rows("mcrl"))
 
 
 def expected_rows() -> list[tuple[str, str]]:
@@ -300,7 +301,7 @@ def test_generic_ablation_table_takes_any_reference(report):
     assert list(table.index) == [("ml", "mcrl_all"), ("synth", "mcrl_all"), ("synth", "mcrl_none")]
     assert table.loc[("synth", "mcrl_none"), "delta_NDCG@10"] < 0  # the control is worse than mcrl_all
     with pytest.raises(ValueError, match=r"mcrl_ablation: no per_user\.parquet for mcrl_user.*mcrl_per_user_paths"):
-        mcrl.ablation_table(runs, [p for p in per_user if "mcrl_user" not in p])
+        mcrl.ablation_table(runs, [p for p in per_user if "mcrl_user" not in p], section_rows("mcrl"))
 
 
 # --------------------------------------------------------------------------- ID space and cost
@@ -350,7 +351,7 @@ def test_cost_median_pools_steps_of_all_seeds():
             "seconds": [1.0, 1.0, 1.0, np.nan, 5.0, np.nan],
         }
     )  # fmt: skip
-    table = mcrl.cost_table(frame)
+    table = mcrl.cost_table(frame, section_rows("mcrl"))
     assert table.loc[0, "median_seconds_per_step"] == 1.0 and table.loc[0, "timed_steps"] == 4
 
 
@@ -369,16 +370,16 @@ def test_loss_curves_are_the_seed_mean_smoothed_over_active_steps(report):
 
 
 def test_tsne_columns_are_first_and_last_present_ablation():
-    assert mcrl.tsne_columns(["mcrl_all", "mcrl_user", "mcrl_none"]) == ["mcrl_none", "mcrl_all"]
-    assert mcrl.tsne_columns(["mcrl_inter", "mcrl_user"]) == ["mcrl_user", "mcrl_inter"]
-    assert mcrl.tsne_columns(["mcrl_intra"]) == ["mcrl_intra"]
+    assert mcrl.tsne_columns(["mcrl_all", "mcrl_user", "mcrl_none"], section_rows("mcrl")) == ["mcrl_none", "mcrl_all"]
+    assert mcrl.tsne_columns(["mcrl_inter", "mcrl_user"], section_rows("mcrl")) == ["mcrl_user", "mcrl_inter"]
+    assert mcrl.tsne_columns(["mcrl_intra"], section_rows("mcrl")) == ["mcrl_intra"]
 
 
 # --------------------------------------------------------------------------- failures
 
 
 def test_components_missing_column_fails_naming_file_and_column(tmp_path):
-    path = tmp_path / "results/train/d/mcrl_all/seed0/loss_components.parquet"
+    path = tmp_path / "results/train/d/mcrl_all/seed0/extras/loss_components.parquet"
     path.parent.mkdir(parents=True)
     components("all", 0).drop(columns="seconds").to_parquet(path, index=False)
     with pytest.raises(ValueError, match=re.escape(str(path)) + r".*'seconds'"):
@@ -428,10 +429,8 @@ def test_runs_must_match_across_mcrl_inputs(report, tmp_path):
 
 def test_non_mcrl_models_are_refused(report, tmp_path):
     paths = report["paths"]
-    with pytest.raises(ValueError, match=r"\['sasrec'\] are not MCRL ablations"):
+    with pytest.raises(ValueError, match=r"\['sasrec'\] are not rows of the MCRL section"):
         write_mcrl_only(paths, tmp_path / "out", mcrl_metrics_paths=paths["mcrl_metrics"] + paths["metrics"][:1])
-    with pytest.raises(ValueError, match="not an MCRL ablation"):
-        mcrl.parse_mcrl_path("results/mcrl/d/mcrl_typo/seed0/id_space.json", "mcrl", "id_space.json")
 
 
 def test_report_section_does_not_import_torch():

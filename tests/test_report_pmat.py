@@ -22,6 +22,8 @@ from pmsid.evaluate.metrics import mean_metrics
 from pmsid.report import pmat, tables
 from pmsid.report.build import build_report
 
+from conftest import report_manifest, section_rows
+
 DATASETS = {"synth": ["text", "image"], "ml": ["text", "behaviour"]}
 SEEDS = [0, 1]
 MODELS = ["sasrec", "pmat_global", "pmat_static", "pmat_full"]
@@ -185,10 +187,8 @@ def pmat_kwargs(paths: dict) -> dict:
 
 
 def run_report(paths: dict, out_dir, **pmat_paths) -> list[str]:
-    return build_report(
-        paths["metrics"], paths["per_user"], paths["quality"], paths["train"], out_dir,
-        exclude_history=True, baseline_model="sasrec", **pmat_paths,
-    )  # fmt: skip
+    manifest = report_manifest(paths["metrics"], paths["per_user"], paths["quality"], paths["train"], **pmat_paths)
+    return build_report(manifest, out_dir, exclude_history=True, baseline_model="sasrec")
 
 
 @pytest.fixture(scope="module")
@@ -237,7 +237,7 @@ def test_pmat_models_with_underscores_are_in_the_main_table(report):
 def test_ablation_rows_and_mean_std(report):
     table = pd.read_csv(report["out"] / "pmat_ablation.csv")
     assert list(table[["dataset", "model"]].itertuples(index=False, name=None)) == [
-        (d, m) for d in sorted(DATASETS) for m in pmat.PMAT_MODELS
+        (d, m) for d in sorted(DATASETS) for m in section_rows("pmat").methods
     ]
     for _, row in table.iterrows():
         assert row["seeds"] == len(SEEDS)
@@ -352,7 +352,7 @@ def write_pmat_only(report, out, **kwargs) -> None:
     paths = report["paths"]
     runs = tables.collect_runs(paths["metrics"])
     inputs = [kwargs[f"pmat_{k}_paths"] for k in ["weights", "preference", "replay", "quality"]]
-    pmat.write_pmat_report(runs, paths["per_user"], *inputs, out=out, exclude_history=True)
+    pmat.write_pmat_report(runs, paths["per_user"], *inputs, out=out, exclude_history=True, rows=section_rows("pmat"))
 
 
 def test_missing_file_fails_naming_it(report, tmp_path):

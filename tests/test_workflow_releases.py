@@ -17,10 +17,10 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import yaml
-
-from conftest import REPO, run_snakemake
 from httpserver import LocalServer
 from mirror import build_mirror
+
+from conftest import REPO, run_snakemake
 
 DEFAULT = REPO / "config" / "config.yaml"
 AMAZON_TEXT = ["title", "brand", "categories", "description"]

@@ -1,8 +1,8 @@
-# Config validation and the helpers (get_* / is_*) the rules use. No rule
-# lives here.
+# Config validation and the helpers (get_* / is_*) the rules use. The checks
+# themselves live in the package (pmsid.config, unit-tested); no rule lives
+# here.
 
 import importlib.util
-import json
 import sys
 from pathlib import Path
 
@@ -12,216 +12,37 @@ validate(config, schema="../schemas/config.schema.yaml")
 
 PACKAGE = Path(workflow.basedir) / "workflow" / "scripts" / "pmsid"
 sys.path.insert(0, str(PACKAGE.parent))
-from pmsid.data import (
-    releases,
-)  # the release catalogue: URLs, files, published statistics
+from pmsid import config as checks  # cross-key checks, torch-free
+from pmsid import manifest  # the generic rules' inputs and the report's files
+from pmsid import sources  # package files a module depends on
+from pmsid.data import releases  # the release catalogue: URLs, files, statistics
+from pmsid.methods import registry  # every method: needs, training, ranking
 
-MODELS = ["tiger", "sasrec"]
-BUILTIN_MODALITIES = ["text", "image", "behaviour"]
-IMAGE_READERS = ["amazon2014", "amazon2018", "amazon2023", "local"]
-# Keys that only some readers take (others are an error naming the key).
-READER_KEYS = {
-    "path": ["ml100k"],
-    "reviews": ["amazon2014", "amazon2018"],
-    "meta": ["amazon2014", "amazon2018"],
-    "interactions": ["local"],
-    "items": ["local"],
-    "category": ["amazon2014", "amazon2018", "amazon2023", "movielens"],
-    "base_url": ["amazon2014", "amazon2018", "amazon2023", "movielens"],
-}
-# The text fields each reader provides (local: any column of its items file).
-READER_TEXT_FIELDS = {
-    "ml100k": ["title", "year", "genres"],
-    "amazon2014": ["title", "brand", "categories", "description"],
-    "amazon2018": ["title", "brand", "categories", "description"],
-    "amazon2023": ["title", "brand", "categories", "description", "features"],
-    "movielens": ["title", "year", "genres", "tags"],
-}
-
-
-def _check_config():
-    """Checks that span several keys, which JSON Schema cannot express."""
-    specs = config["dataset_specs"]
-    for name in config["datasets"]:
-        if name not in specs:
-            raise ValueError(
-                f"config: datasets lists '{name}' but dataset_specs has no entry for it; "
-                f"described datasets: {sorted(specs)}"
-            )
-        _check_dataset_spec(name, specs[name])
-        spec = specs[name]
-        weights = spec.get("modality_weights") or {}
-        for modality in weights:
-            if modality not in spec["modalities"]:
-                raise ValueError(
-                    f"config: dataset_specs.{name}.modality_weights.{modality}: '{modality}' is not a "
-                    f"modality of {name}; its modalities are {spec['modalities']}"
-                )
-        if weights and not any(weights.values()):
-            raise ValueError(
-                f"config: dataset_specs.{name}.modality_weights are all zero"
-            )
-    _check_pmat()
-    _check_mcrl()
-    ks = config["evaluation"]["ks"]
-    if config["evaluation"]["beam_size"] < max(ks):
-        raise ValueError(
-            f"config: evaluation.beam_size ({config['evaluation']['beam_size']}) must be >= max(evaluation.ks) "
-            f"({max(ks)}), or beam search cannot fill the top-{max(ks)} list"
-        )
-
-
-def _check_dataset_spec(name, spec):
-    """Reader-specific keys, text fields and modalities of one dataset."""
-    reader = spec["reader"]
-    for key, readers in READER_KEYS.items():
-        if (
-            spec.get(key) is not None and reader not in readers
-        ):  # schema defaults are null
-            raise ValueError(
-                f"config: dataset_specs.{name}.{key} is for reader(s) {readers}, not {reader}"
-            )
-    if reader in ("amazon2014", "amazon2018"):
-        local = [k for k in ("reviews", "meta") if k in spec]
-        if len(local) == 1:
-            raise ValueError(
-                f"config: dataset_specs.{name} gives {local[0]} but not "
-                f"{'meta' if local[0] == 'reviews' else 'reviews'}; local Amazon files come in pairs"
-            )
-        if not local and "category" not in spec:
-            raise ValueError(
-                f"config: dataset_specs.{name} (reader {reader}) needs a category to download (e.g. "
-                "Musical_Instruments) or local reviews and meta files"
-            )
-        if local and "category" in spec:
-            raise ValueError(
-                f"config: dataset_specs.{name} gives both a category (download) and local reviews/meta "
-                "files; keep one"
-            )
-    known = READER_TEXT_FIELDS.get(reader)
-    if known is not None:
-        unknown = [f for f in spec["text_fields"] if f not in known]
-        if unknown:
-            raise ValueError(
-                f"config: dataset_specs.{name}.text_fields {unknown} are not fields of reader "
-                f"{reader}; it provides {known}"
-            )
-    extra = spec.get("extra_modalities") or {}
-    for modality in extra:
-        if modality in BUILTIN_MODALITIES:
-            raise ValueError(
-                f"config: dataset_specs.{name}.extra_modalities.{modality}: '{modality}' is a built-in "
-                f"modality; give the precomputed features another name (e.g. audio)"
-            )
-    for modality in spec["modalities"]:
-        if modality not in BUILTIN_MODALITIES and modality not in extra:
-            raise ValueError(
-                f"config: dataset_specs.{name}.modalities lists '{modality}', which is neither built in "
-                f"{BUILTIN_MODALITIES} nor under dataset_specs.{name}.extra_modalities (a Parquet of "
-                "precomputed per-item features)"
-            )
-    if "image" in spec["modalities"] and reader not in IMAGE_READERS:
-        raise ValueError(
-            f"config: dataset_specs.{name}.modalities asks for 'image', but reader '{reader}' has no "
-            f"images (readers with images: {IMAGE_READERS}); use modalities: [text] or [text, behaviour]"
-        )
-
-
-def _known_user_count(name):
-    """Users of a dataset when knowable before any job runs: its stats.json
-    from an earlier run, or the synthetic generator's user count (an upper
-    bound). None otherwise (the pmat_ids job checks then)."""
-    stats = Path(f"results/data/{name}/stats.json")
-    if stats.exists():
-        return json.loads(stats.read_text())["n_users"]
-    if config["dataset_specs"][name].get("reviews") == SYNTHETIC_REVIEWS:
-        return config["synthetic"]["n_users"]
-    return None
-
-
-def _check_pmat():
-    pmat = config["pmat"]
-    for name in pmat["datasets"]:
-        if name not in config["datasets"]:
-            raise ValueError(
-                f"config: pmat.datasets lists '{name}', which is not in datasets {config['datasets']}; add it there or remove it from pmat.datasets"
-            )
-        modalities = config["dataset_specs"][name]["modalities"]
-        if len(modalities) < 2:
-            raise ValueError(
-                f"config: pmat.datasets lists '{name}', but dataset_specs.{name}.modalities is {modalities}; "
-                "PMAT weighs modalities per user and needs at least two (e.g. add behaviour)"
-            )
-        users = _known_user_count(name)
-        if users is not None and pmat["prototypes"] > users:
-            raise ValueError(
-                f"config: pmat.prototypes ({pmat['prototypes']}) exceeds the {users} users of '{name}'; "
-                "every prototype needs users"
-            )
-    cap = config["protocol"]["history_cap"]
-    if pmat["window"] > cap:
-        raise ValueError(
-            f"config: pmat.window ({pmat['window']}) exceeds protocol.history_cap ({cap}): the short-term "
-            f"window must fit in the history a model sees; set pmat.window <= {cap}"
-        )
-
-
-MCRL_LOSSES = {
-    "none": [],
-    "user": ["user"],
-    "intra": ["intra"],
-    "inter": ["inter"],
-    "user_intra": ["user", "intra"],
-    "user_inter": ["user", "inter"],
-    "intra_inter": ["intra", "inter"],
-    "all": ["user", "intra", "inter"],
-}  # the ablations' losses, as pmsid.methods.mcrl.ABLATIONS (a test checks they agree)
-
-
-def _check_mcrl():
-    mcrl = config["mcrl"]
-    for name in mcrl["datasets"]:
-        if name not in config["datasets"]:
-            raise ValueError(
-                f"config: mcrl.datasets lists '{name}', which is not in datasets {config['datasets']}; "
-                "add it there or remove it from mcrl.datasets"
-            )
-        modalities = config["dataset_specs"][name]["modalities"]
-        with_inter = [a for a in mcrl["ablations"] if "inter" in MCRL_LOSSES[a]]
-        if len(modalities) < 2 and mcrl["b"] > 0 and with_inter:
-            raise ValueError(
-                f"config: mcrl.ablations {with_inter} train L_inter on '{name}', whose "
-                f"dataset_specs.{name}.modalities is {modalities}; L_inter contrasts two modalities of an "
-                "item: drop those ablations, set mcrl.b: 0, or remove the dataset from mcrl.datasets"
-            )
-
-
-SYNTHETIC_REVIEWS = "resources/synthetic/Synthetic_5.json.gz"
-_check_config()
-
-
-def _extra_modalities():
-    """Names of the precomputed-feature modalities of the configured datasets."""
-    names = set()
-    for name in config["datasets"]:
-        names.update(config["dataset_specs"][name].get("extra_modalities") or {})
-    return sorted(names)
-
-
-EXTRA_MODALITIES = _extra_modalities()
+checks.check_config(config, lambda name: checks.known_user_count(config, name))
+DOWNLOAD_SOURCES = checks.download_sources(config)
+EXTRA_MODALITIES = sorted(  # precomputed-feature modalities of the datasets
+    {
+        m
+        for d in config["datasets"]
+        for m in config["dataset_specs"][d].get("extra_modalities") or {}
+    }
+)
+REDUCED_MODALITIES = config["features"]["reduce"]["modalities"]
 NEVER = "(?!x)x"  # a regex that matches nothing (a wildcard with no allowed value)
 
 
 wildcard_constraints:
     dataset="|".join(config["datasets"]),
-    modality="|".join(BUILTIN_MODALITIES + EXTRA_MODALITIES),
+    modality="|".join(checks.BUILTIN_MODALITIES + EXTRA_MODALITIES),
     extra_modality="|".join(EXTRA_MODALITIES) or NEVER,
     reader="|".join(releases.READERS_WITH_DOWNLOADS),
     filename=r"[^/]+",
     seed=r"\d+",
     variant="global|personalized",
-    ablation="global|static|full",
-    mcrl_ablation="|".join(MCRL_LOSSES),
+    method="|".join(registry.METHODS),
+
+
+# ---------------------------------------------------------------- datasets
 
 
 def get_spec(dataset):
@@ -229,23 +50,19 @@ def get_spec(dataset):
     return config["dataset_specs"][dataset]
 
 
-def get_dataset_spec(wildcards):
-    """The dataset_specs entry of the job's dataset (for params)."""
-    return get_spec(wildcards.dataset)
-
-
-def is_amazon2018(dataset):
-    return get_spec(dataset)["reader"] == "amazon2018"
+def get_modalities(wildcards):
+    return get_spec(wildcards.dataset)["modalities"]
 
 
 def get_package_sources(*subpackages):
     """The package modules a rule's code depends on (sub-packages or single
-    files relative to the package), declared as inputs so that
-    a change to them reruns the rule (Snakemake tracks script changes itself,
-    not changes to the modules a script imports)."""
+    files relative to the package), declared as inputs so that a change to
+    them reruns the rule (Snakemake tracks script changes itself, not changes
+    to the modules a script imports)."""
     files = [
         PACKAGE / "__init__.py",
         PACKAGE / "logs.py",
+        PACKAGE / "runtime.py",
         PACKAGE / "stages.py",
         PACKAGE / "data" / "contracts.py",
     ]
@@ -276,46 +93,6 @@ def get_ml100k_dir(dataset):
     )
 
 
-def is_downloaded(dataset):
-    """True when the dataset's raw files come from its release's source
-    (a category and no local reviews/meta files)."""
-    spec = get_spec(dataset)
-    return spec["reader"] in releases.READERS_WITH_DOWNLOADS and "reviews" not in spec
-
-
-def get_download_files(dataset):
-    """role -> (local path, releases.RawFile) of a downloaded dataset."""
-    spec = get_spec(dataset)
-    root = config["downloads"]["dir"]
-    return {
-        f.role: (f"{root}/{spec['reader']}/{f.filename}", f)
-        for f in releases.raw_files(
-            spec["reader"], spec["category"], spec.get("base_url")
-        )
-    }
-
-
-def _download_sources():
-    """Local path -> its source (url, md5, md5_url) for every configured
-    dataset; two datasets asking for one file from two sources is an error."""
-    sources = {}
-    for name in config["datasets"]:
-        if not is_downloaded(name):
-            continue
-        for path, raw in get_download_files(name).values():
-            source = {"url": raw.url, "md5": raw.md5, "md5_url": raw.md5_url}
-            if sources.get(path, source) != source:
-                raise ValueError(
-                    f"config: {path} would be downloaded from both {sources[path]['url']} and "
-                    f"{raw.url} (dataset {name}); give the datasets the same base_url"
-                )
-            sources[path] = source
-    return sources
-
-
-DOWNLOAD_SOURCES = _download_sources()
-
-
 def get_download_source(wildcards, output):
     """The source of a file the download rule writes."""
     path = str(output.raw)
@@ -339,9 +116,10 @@ def get_raw_files(dataset):
         }
     if reader == "local":
         return {"interactions": spec["interactions"], "items": spec["items"]}
-    if not is_downloaded(dataset):
+    if not checks.is_downloaded(config, dataset):
         return {"reviews": spec["reviews"], "meta": spec["meta"]}
-    return {role: path for role, (path, _) in get_download_files(dataset).items()}
+    files = checks.download_files(config, dataset)
+    return {role: path for role, (path, _) in files.items()}
 
 
 def get_raw_inputs(wildcards):
@@ -357,16 +135,11 @@ def get_prepare_params(wildcards):
     dataset_specs.<name>.expected, else the release's published figures."""
     spec = get_spec(wildcards.dataset)
     expected = spec.get("expected")
-    if expected is None and is_downloaded(wildcards.dataset):
+    if expected is None and checks.is_downloaded(config, wildcards.dataset):
         expected = releases.expected_stats(spec["reader"], spec["category"])
     if expected is None and spec["reader"] == "ml100k" and not spec.get("path"):
-        expected = ML100K_EXPECTED
+        expected = checks.ML100K_EXPECTED
     return {**spec, "name": wildcards.dataset, "expected": expected}
-
-
-# The 5-core of the ml-100k copy inside recbole (../shared/OFFLINE.md, and
-# results/data/ml-100k/stats.json of every run so far).
-ML100K_EXPECTED = {"n_users": 943, "n_items": 1349, "n_interactions": 99287}
 
 
 def get_extra_modality(wildcards):
@@ -383,15 +156,19 @@ def get_extra_source(wildcards):
     return get_extra_modality(wildcards)["path"]
 
 
+def get_image_dir(wildcards):
+    return f"resources/images/{wildcards.dataset}"
+
+
+# ---------------------------------------------------------------- features and IDs
+
+
 def get_feature_output(modality):
     """Where a modality's extraction writes: <modality>.parquet, or
     <modality>.full.parquet when features.reduce reduces it."""
-    if modality in config["features"]["reduce"]["modalities"]:
+    if modality in REDUCED_MODALITIES:
         return f"results/features/{{dataset}}/{modality}.full.parquet"
     return f"results/features/{{dataset}}/{modality}.parquet"
-
-
-REDUCED_MODALITIES = config["features"]["reduce"]["modalities"]
 
 
 def get_feature_paths(wildcards):
@@ -412,102 +189,6 @@ def get_fusion_weights(wildcards):
     return [float(weights.get(m, 0.0)) for m in spec["modalities"]]
 
 
-def get_image_dir(wildcards):
-    return f"resources/images/{wildcards.dataset}"
-
-
-def get_train_params(model):
-    """Hyperparameters of `model` plus the protocol keys every model needs
-    (validation ranks under the same protocol as the evaluation)."""
-    params = {
-        **config[model],
-        "history_cap": config["protocol"]["history_cap"],
-        "exclude_history": config["protocol"]["exclude_history"],
-        "ks": config["evaluation"]["ks"],
-        "deterministic": config["deterministic"],
-    }
-    if model == "tiger":
-        params["beam_size"] = config["evaluation"]["beam_size"]
-    return params
-
-
-def get_evaluate_inputs(model):
-    def inputs(wildcards):
-        files = {
-            "interactions": f"results/data/{wildcards.dataset}/interactions.parquet",
-            "catalogue": f"results/data/{wildcards.dataset}/items.parquet",
-            "model": f"results/train/{wildcards.dataset}/{model}/seed{wildcards.seed}/model.pt",
-        }
-        if model == "tiger":
-            files["ids"] = f"results/tokenize/{wildcards.dataset}/rqkmeans/ids.parquet"
-        return files
-
-    return inputs
-
-
-def get_runs(kind):
-    """Paths of one file kind for every (dataset, model, seed) run, PMAT's
-    included (its generators for train logs, its ablations otherwise)."""
-    patterns = {
-        "metrics": "results/evaluate/{dataset}/{model}/seed{seed}/metrics.parquet",
-        "per_user": "results/evaluate/{dataset}/{model}/seed{seed}/per_user.parquet",
-        "train_log": "results/train/{dataset}/{model}/seed{seed}/train_log.parquet",
-    }
-    pmat_models = PMAT_GENERATORS if kind == "train_log" else PMAT_ABLATIONS
-    paths = expand(
-        patterns[kind], dataset=config["datasets"], model=MODELS, seed=config["seeds"]
-    )
-    paths += expand(
-        patterns[kind],
-        dataset=config["pmat"]["datasets"],
-        model=pmat_models,
-        seed=config["seeds"],
-    )
-    return paths
-
-
-PMAT_GENERATORS = ["pmat_global", "pmat_personalized"]
-PMAT_ABLATIONS = ["pmat_global", "pmat_static", "pmat_full"]
-
-
-def get_pmat_files(kind):
-    """PMAT's per-(dataset, seed) files the report reads."""
-    patterns = {
-        "weights": "results/pmat/{dataset}/seed{seed}/weights.parquet",
-        "preference": "results/pmat/{dataset}/seed{seed}/preference.json",
-        "replay": "results/pmat/{dataset}/seed{seed}/replay/summary.json",
-        "quality": "results/tokenize/{dataset}/pmat_{variant}/seed{seed}/quality.parquet",
-    }
-    return expand(
-        patterns[kind],
-        dataset=config["pmat"]["datasets"],
-        seed=config["seeds"],
-        variant=["global", "personalized"],
-    )
-
-
-def get_pmat_report_outputs():
-    """The report's PMAT tables and figures (none when no dataset runs PMAT)."""
-    if not config["pmat"]["datasets"]:
-        return {}
-    outputs = {}
-    for stem in ["pmat_ablation", "pmat_updates", "pmat_preference", "pmat_id_quality"]:
-        outputs[f"{stem}_csv"] = report(
-            f"results/report/{stem}.csv",
-            caption=f"../report/{stem}.rst",
-            category="PMAT",
-        )
-        outputs[f"{stem}_md"] = f"results/report/{stem}.md"
-        outputs[f"{stem}_tex"] = f"results/report/{stem}.tex"
-    for stem in ["pmat_weights", "pmat_semantic_consistency"]:
-        outputs[stem] = report(
-            f"results/report/{stem}.png",
-            caption=f"../report/{stem}.rst",
-            category="PMAT",
-        )
-    return outputs
-
-
 def get_pmat_attention_params():
     """The preference network's cfg: config pmat.attention plus the protocol's cap."""
     return {
@@ -522,153 +203,122 @@ def get_truth_input(wildcards):
     return {"truth": truth} if truth else {}
 
 
-def get_pmat_evaluate_inputs(wildcards):
-    """Generator, ID tables and the per-split table of every user for one
-    PMAT ablation: global and static use the tokenizer's assignment (no
-    updates), full the replay's."""
-    generator = "global" if wildcards.ablation == "global" else "personalized"
-    tokens = (
-        f"results/tokenize/{wildcards.dataset}/pmat_{generator}/seed{wildcards.seed}"
-    )
-    if wildcards.ablation == "full":
-        assignment = f"results/pmat/{wildcards.dataset}/seed{wildcards.seed}/replay/assignment.parquet"
-    else:
-        assignment = f"{tokens}/assignment.parquet"
+def get_pseudolabel_inputs(wildcards):
+    """Pseudo-labels of every modality, as inputs labels_{modality}."""
+    return manifest.pseudolabel_inputs(config, wildcards.dataset, get_patterns())
+
+
+# ---------------------------------------------------------------- methods and report
+
+
+def get_patterns():
+    """The output path patterns pmsid.manifest builds inputs from (each path
+    is written once, in the rule that makes it)."""
     return {
-        "interactions": f"results/data/{wildcards.dataset}/interactions.parquet",
-        "catalogue": f"results/data/{wildcards.dataset}/items.parquet",
-        "model": f"results/train/{wildcards.dataset}/pmat_{generator}/seed{wildcards.seed}/model.pt",
-        "ids": f"{tokens}/ids.parquet",
-        "assignment": assignment,
+        name: str(pattern)
+        for name, pattern in {
+            "interactions": rules.prepare_dataset.output.interactions,
+            "catalogue": rules.prepare_dataset.output.catalogue,
+            "stats": rules.prepare_dataset.output.stats,
+            "images": rules.resolve_images.output.images,
+            "rqkmeans_ids": rules.rqkmeans_ids.output.ids,
+            "rqkmeans_quality": rules.rqkmeans_ids.output.quality,
+            "pseudolabels": rules.pseudolabels.output.labels,
+            "pmat_ids": rules.pmat_ids.output.ids,
+            "pmat_assignment": rules.pmat_ids.output.assignment,
+            "pmat_quality": rules.pmat_ids.output.quality,
+            "pmat_weights": rules.pmat_attention.output.weights,
+            "pmat_preference": rules.pmat_attention.output.preference,
+            "pmat_replay": rules.pmat_replay.output.summary,
+            "pmat_replay_assignment": rules.pmat_replay.output.assignment,
+            "model": rules.train.output.model,
+            "train_log": rules.train.output.log,
+            "extras": rules.train.output.extras,
+            "ranking": rules.evaluate.output.ranking,
+            "per_user": rules.evaluate.output.per_user,
+            "metrics": rules.evaluate.output.metrics,
+            "mcrl_id_space": rules.mcrl_id_space.output.summary,
+            "mcrl_tsne": rules.mcrl_tsne.output.tsne,
+        }.items()
     }
 
 
-def get_dataset_image_files():
-    """images.parquet of every dataset with an image modality (the report counts statuses)."""
-    return [
-        f"results/data/{d}/images.parquet"
-        for d in config["datasets"]
-        if "image" in get_spec(d)["modalities"]
-    ]
+def get_method_inputs(stage):
+    """Input function of the generic train / evaluate rule."""
 
-
-def get_quality_files():
-    return expand(
-        "results/tokenize/{dataset}/rqkmeans/quality.parquet",
-        dataset=config["datasets"],
-    )
-
-
-def get_pseudolabel_files():
-    return [
-        f"results/pseudolabels/{d}/{m}.parquet"
-        for d in config["datasets"]
-        for m in get_spec(d)["modalities"]
-    ]
-
-
-def mcrl_base(dataset):
-    """MCRL's stage-1 generator on `dataset`: PMAT's personalized one where
-    PMAT runs, TIGER's otherwise."""
-    return "pmat_personalized" if dataset in config["pmat"]["datasets"] else "tiger"
-
-
-def get_mcrl_train_inputs(wildcards):
-    """Stage-1 generator, its ID tables (and users' tables under PMAT), and
-    the pseudo-labels of every modality (inputs labels_{modality})."""
-    d, s = wildcards.dataset, wildcards.seed
-    base = mcrl_base(d)
-    files = {
-        "interactions": f"results/data/{d}/interactions.parquet",
-        "catalogue": f"results/data/{d}/items.parquet",
-        "init": f"results/train/{d}/{base}/seed{s}/model.pt",
-    }
-    if base == "tiger":
-        files["ids"] = f"results/tokenize/{d}/rqkmeans/ids.parquet"
-    else:
-        files["ids"] = f"results/tokenize/{d}/pmat_personalized/seed{s}/ids.parquet"
-        files["assignment"] = (
-            f"results/tokenize/{d}/pmat_personalized/seed{s}/assignment.parquet"
+    def inputs(wildcards):
+        return manifest.method_inputs(
+            config,
+            wildcards.method,
+            wildcards.dataset,
+            wildcards.seed,
+            stage,
+            get_patterns(),
         )
-    for m in get_spec(d)["modalities"]:
-        files[f"labels_{m}"] = f"results/pseudolabels/{d}/{m}.parquet"
-    return files
+
+    return inputs
 
 
-def get_mcrl_evaluate_inputs(wildcards):
-    """An MCRL model with the tables its stage-1 generator is evaluated
-    under: pmat_full's replayed tables, or TIGER's single table."""
-    d, s = wildcards.dataset, wildcards.seed
-    files = {
-        "interactions": f"results/data/{d}/interactions.parquet",
-        "catalogue": f"results/data/{d}/items.parquet",
-        "model": f"results/train/{d}/mcrl_{wildcards.mcrl_ablation}/seed{s}/model.pt",
-    }
-    if mcrl_base(d) == "tiger":
-        files["ids"] = f"results/tokenize/{d}/rqkmeans/ids.parquet"
-    else:
-        files["ids"] = f"results/tokenize/{d}/pmat_personalized/seed{s}/ids.parquet"
-        files["assignment"] = f"results/pmat/{d}/seed{s}/replay/assignment.parquet"
-    return files
+def get_code(*modules):
+    """The package files `modules` import, transitively: a change to any of
+    them reruns the rule, a change elsewhere does not."""
+    return sources.closure("pmsid.logs", *modules)
 
 
-def get_mcrl_label_inputs(wildcards):
-    return {
-        f"labels_{m}": f"results/pseudolabels/{wildcards.dataset}/{m}.parquet"
-        for m in get_spec(wildcards.dataset)["modalities"]
-    }
+def get_method_sources(wildcards):
+    """The package files the method's train / evaluate code imports."""
+    spec = registry.get(wildcards.method)
+    return get_code("pmsid.methods.run", spec.module)
 
 
-def get_mcrl_files(kind):
-    """One file kind of every MCRL run, for the report."""
-    patterns = {
-        "metrics": "results/evaluate/{dataset}/mcrl_{ablation}/seed{seed}/metrics.parquet",
-        "per_user": "results/evaluate/{dataset}/mcrl_{ablation}/seed{seed}/per_user.parquet",
-        "components": "results/train/{dataset}/mcrl_{ablation}/seed{seed}/loss_components.parquet",
-        "id_space": "results/mcrl/{dataset}/mcrl_{ablation}/seed{seed}/id_space.json",
-        "tsne": "results/mcrl/{dataset}/mcrl_{ablation}/seed{seed}/tsne.parquet",
-    }
-    ablations, seeds = config["mcrl"]["ablations"], config["seeds"]
-    if (
-        kind == "tsne"
-    ):  # the figure's runs only: first seed, none and all (or the first and last run)
-        shown = [a for a in ("none", "all") if a in ablations]
-        ablations, seeds = (
-            shown or list(dict.fromkeys([ablations[0], ablations[-1]])),
-            seeds[:1],
-        )
-    return expand(
-        patterns[kind],
-        dataset=config["mcrl"]["datasets"],
-        ablation=ablations,
-        seed=seeds,
-    )
+def get_method_params(wildcards):
+    """The method's hyperparameters: its config section, less the keys that
+    select runs rather than configure training."""
+    spec = registry.get(wildcards.method)
+    cfg = config[spec.hyper] if spec.hyper else {}
+    return {k: v for k, v in cfg.items() if k not in spec.hyper_skip}
 
 
-def get_mcrl_report_outputs():
-    """The report's MCRL tables and figures (none when no dataset runs MCRL)."""
-    if not (config["mcrl"]["datasets"] and config["mcrl"]["ablations"]):
-        return {}
+def get_report_manifest():
+    return manifest.report_manifest(config, get_patterns())
+
+
+def get_report_baseline():
+    return manifest.report_baseline(config)
+
+
+def get_report_inputs():
+    return manifest.report_inputs(get_report_manifest())
+
+
+def get_report_outputs():
+    """The report's tables (csv/md/tex) and figures (png) of each section
+    present, wrapped in report() for `snakemake --report`."""
     outputs = {}
-    for stem in ["mcrl_ablation", "mcrl_id_space", "mcrl_cost"]:
-        outputs[f"{stem}_csv"] = report(
-            f"results/report/{stem}.csv",
-            caption=f"../report/{stem}.rst",
-            category="MCRL",
-        )
-        outputs[f"{stem}_md"] = f"results/report/{stem}.md"
-        outputs[f"{stem}_tex"] = f"results/report/{stem}.tex"
-    for stem in ["mcrl_loss_curves", "mcrl_tsne"]:
-        outputs[stem] = report(
-            f"results/report/{stem}.png",
-            caption=f"../report/{stem}.rst",
-            category="MCRL",
-        )
+    for category, tables, figures in manifest.report_sections(config):
+        for stem in tables:
+            outputs[f"{stem}_csv"] = report(
+                f"results/report/{stem}.csv",
+                caption=f"../report/{stem}.rst",
+                category=category,
+            )
+            outputs[f"{stem}_md"] = f"results/report/{stem}.md"
+            outputs[f"{stem}_tex"] = f"results/report/{stem}.tex"
+        for stem in figures:
+            outputs[stem] = report(
+                f"results/report/{stem}.png",
+                caption=f"../report/{stem}.rst",
+                category=category,
+            )
     return outputs
 
 
 def get_final_outputs():
-    return [
-        "results/report/README.md",
-        *get_pseudolabel_files(),
+    """The report, and every pseudo-label file (positives for later methods)."""
+    patterns = get_patterns()
+    labels = [
+        path
+        for d in config["datasets"]
+        for path in manifest.pseudolabel_inputs(config, d, patterns).values()
     ]
+    return ["results/report/README.md", *labels]

@@ -20,7 +20,7 @@ rule synthetic_dataset:
         "../scripts/make_synthetic.py"
 
 
-# Raw files of the releases (THESIS.md 2.1). Runs on the submitting host
+# Raw files of the releases (docs/METHOD.md 2.1). Runs on the submitting host
 # (cluster nodes often have no internet). The downloader's code is not an
 # input on purpose: a change to it must not download gigabytes again.
 rule download:

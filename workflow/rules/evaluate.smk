@@ -1,18 +1,21 @@
-# Stage 8: full-ranking evaluation on validation and test; per-user ranks are
-# kept for significance tests.
+# Evaluation: one rule for every registered method. The method ranks the
+# valid and test targets (top-K lists, ranking.parquet); the metrics are
+# computed from those lists the same way for every method, and per-user ranks
+# are kept for significance tests.
 
 
-rule evaluate_tiger:
+rule evaluate:
     input:
-        unpack(get_evaluate_inputs("tiger")),
-        code=get_package_sources("models", "train", "evaluate", "data/sequences.py"),
+        unpack(get_method_inputs("evaluate")),
+        code=get_method_sources,
     output:
-        per_user="results/evaluate/{dataset}/tiger/seed{seed}/per_user.parquet",
-        metrics="results/evaluate/{dataset}/tiger/seed{seed}/metrics.parquet",
+        ranking="results/evaluate/{dataset}/{method}/seed{seed}/ranking.parquet",
+        per_user="results/evaluate/{dataset}/{method}/seed{seed}/per_user.parquet",
+        metrics="results/evaluate/{dataset}/{method}/seed{seed}/metrics.parquet",
     log:
-        "logs/evaluate_tiger/{dataset}_seed{seed}.log",
+        "logs/evaluate/{dataset}_{method}_seed{seed}.log",
     benchmark:
-        "benchmarks/evaluate_tiger/{dataset}_seed{seed}.tsv"
+        "benchmarks/evaluate/{dataset}_{method}_seed{seed}.tsv"
     conda:
         "../../envs/train.yaml"
     threads: 2
@@ -21,26 +24,4 @@ rule evaluate_tiger:
         protocol=config["protocol"],
         device=config["features"]["device"],
     script:
-        "../scripts/evaluate_model.py"
-
-
-rule evaluate_sasrec:
-    input:
-        unpack(get_evaluate_inputs("sasrec")),
-        code=get_package_sources("models", "train", "evaluate", "data/sequences.py"),
-    output:
-        per_user="results/evaluate/{dataset}/sasrec/seed{seed}/per_user.parquet",
-        metrics="results/evaluate/{dataset}/sasrec/seed{seed}/metrics.parquet",
-    log:
-        "logs/evaluate_sasrec/{dataset}_seed{seed}.log",
-    benchmark:
-        "benchmarks/evaluate_sasrec/{dataset}_seed{seed}.tsv"
-    conda:
-        "../../envs/train.yaml"
-    threads: 2
-    params:
-        evaluation=config["evaluation"],
-        protocol=config["protocol"],
-        device=config["features"]["device"],
-    script:
-        "../scripts/evaluate_model.py"
+        "../scripts/evaluate_method.py"

@@ -1,7 +1,8 @@
-# PMAT (THESIS.md section 4): the user-modality preference network, the
-# prototype ID tables (global P = 1 and personalized), the drift-triggered
-# update replay, and the generator trained and evaluated under those tables.
-# Evaluations pmat_global / pmat_static / pmat_full are the three ablations.
+# PMAT (docs/METHOD.md section 4): the user-modality preference network, the
+# prototype ID tables (global P = 1 and personalized) and the drift-triggered
+# update replay. The generator under those tables is trained and evaluated by
+# the generic train / evaluate rules as the methods pmat_global, pmat_static
+# and pmat_full, the three ablations.
 
 
 rule pmat_attention:
@@ -11,7 +12,7 @@ rule pmat_attention:
         interactions=rules.prepare_dataset.output.interactions,
         catalogue=rules.prepare_dataset.output.catalogue,
         users=rules.prepare_dataset.output.users,
-        code=get_package_sources("methods/pmat", "train", "data/sequences.py"),
+        code=get_code("pmsid.methods.pmat.stages"),
     output:
         model="results/pmat/{dataset}/seed{seed}/attention.pt",
         log="results/pmat/{dataset}/seed{seed}/attention_log.parquet",
@@ -29,7 +30,7 @@ rule pmat_attention:
         runtime="2h",
     params:
         cfg=get_pmat_attention_params(),
-        modalities=lambda wc: get_spec(wc.dataset)["modalities"],
+        modalities=get_modalities,
         device=config["features"]["device"],
     script:
         "../scripts/pmat_attention.py"
@@ -41,7 +42,7 @@ rule pmat_ids:
         features=get_feature_paths,
         interactions=rules.prepare_dataset.output.interactions,
         catalogue=rules.prepare_dataset.output.catalogue,
-        code=get_package_sources("methods/pmat", "quantize", "data/sequences.py"),
+        code=get_code("pmsid.methods.pmat.stages"),
     output:
         ids="results/tokenize/{dataset}/pmat_{variant}/seed{seed}/ids.parquet",
         prototypes="results/tokenize/{dataset}/pmat_{variant}/seed{seed}/prototypes.parquet",
@@ -58,7 +59,7 @@ rule pmat_ids:
         mem="8GB",
         runtime="2h",
     params:
-        modalities=lambda wc: get_spec(wc.dataset)["modalities"],
+        modalities=get_modalities,
         prototypes=config["pmat"]["prototypes"],
         max_fit_rows=config["pmat"]["max_fit_rows"],
         tokenizer=config["tokenizer"],
@@ -75,7 +76,7 @@ rule pmat_replay:
         ids="results/tokenize/{dataset}/pmat_personalized/seed{seed}/ids.parquet",
         prototypes="results/tokenize/{dataset}/pmat_personalized/seed{seed}/prototypes.parquet",
         assignment="results/tokenize/{dataset}/pmat_personalized/seed{seed}/assignment.parquet",
-        code=get_package_sources("methods/pmat", "data/sequences.py"),
+        code=get_code("pmsid.methods.pmat.stages"),
     output:
         events="results/pmat/{dataset}/seed{seed}/replay/events.parquet",
         summary="results/pmat/{dataset}/seed{seed}/replay/summary.json",
@@ -95,68 +96,3 @@ rule pmat_replay:
         history_cap=config["protocol"]["history_cap"],
     script:
         "../scripts/pmat_replay.py"
-
-
-rule train_pmat:
-    input:
-        interactions=rules.prepare_dataset.output.interactions,
-        catalogue=rules.prepare_dataset.output.catalogue,
-        ids="results/tokenize/{dataset}/pmat_{variant}/seed{seed}/ids.parquet",
-        assignment="results/tokenize/{dataset}/pmat_{variant}/seed{seed}/assignment.parquet",
-        code=get_package_sources(
-            "models",
-            "train",
-            "evaluate",
-            "data/sequences.py",
-            "methods/pmat/stages.py",
-        ),
-    output:
-        model="results/train/{dataset}/pmat_{variant}/seed{seed}/model.pt",
-        log="results/train/{dataset}/pmat_{variant}/seed{seed}/train_log.parquet",
-    log:
-        "logs/train_pmat/{dataset}_{variant}_seed{seed}.log",
-    benchmark:
-        "benchmarks/train_pmat/{dataset}_{variant}_seed{seed}.tsv"
-    conda:
-        "../../envs/train.yaml"
-    threads: 2
-    resources:
-        mem="8GB",
-        runtime="4h",
-    params:
-        kind="pmat_{variant}",
-        model=get_train_params("tiger"),
-        checkpoint="results/checkpoints/{dataset}/pmat_{variant}/seed{seed}/last.pt",
-        device=config["features"]["device"],
-        deterministic=config["deterministic"],
-    script:
-        "../scripts/train_model.py"
-
-
-rule evaluate_pmat:
-    input:
-        unpack(get_pmat_evaluate_inputs),
-        code=get_package_sources(
-            "models",
-            "train",
-            "evaluate",
-            "data/sequences.py",
-            "methods/pmat/stages.py",
-        ),
-    output:
-        per_user="results/evaluate/{dataset}/pmat_{ablation}/seed{seed}/per_user.parquet",
-        metrics="results/evaluate/{dataset}/pmat_{ablation}/seed{seed}/metrics.parquet",
-    log:
-        "logs/evaluate_pmat/{dataset}_{ablation}_seed{seed}.log",
-    benchmark:
-        "benchmarks/evaluate_pmat/{dataset}_{ablation}_seed{seed}.tsv"
-    conda:
-        "../../envs/train.yaml"
-    threads: 2
-    params:
-        kind="pmat_{ablation}",
-        evaluation=config["evaluation"],
-        protocol=config["protocol"],
-        device=config["features"]["device"],
-    script:
-        "../scripts/evaluate_model.py"

@@ -1,21 +1,22 @@
-# Stage 6: the TIGER-style generator over semantic-ID tokens. Checkpoints for
-# resuming a killed job live under results/checkpoints/, outside the declared
-# outputs, because Snakemake deletes the outputs of a failed job.
+# Training: one rule for every registered method (pmsid.methods.registry).
+# Checkpoints for resuming a killed job live under results/checkpoints/,
+# outside the declared outputs, because Snakemake deletes the outputs of a
+# failed job. `extras` holds a method's further files (MCRL's per-step loss
+# components); it is empty for most methods.
 
 
-rule train_tiger:
+rule train:
     input:
-        interactions=rules.prepare_dataset.output.interactions,
-        catalogue=rules.prepare_dataset.output.catalogue,
-        ids=rules.rqkmeans_ids.output.ids,
-        code=get_package_sources("models", "train", "evaluate", "data/sequences.py"),
+        unpack(get_method_inputs("train")),
+        code=get_method_sources,
     output:
-        model="results/train/{dataset}/tiger/seed{seed}/model.pt",
-        log="results/train/{dataset}/tiger/seed{seed}/train_log.parquet",
+        model="results/train/{dataset}/{method}/seed{seed}/model.pt",
+        log="results/train/{dataset}/{method}/seed{seed}/train_log.parquet",
+        extras=directory("results/train/{dataset}/{method}/seed{seed}/extras"),
     log:
-        "logs/train_tiger/{dataset}_seed{seed}.log",
+        "logs/train/{dataset}_{method}_seed{seed}.log",
     benchmark:
-        "benchmarks/train_tiger/{dataset}_seed{seed}.tsv"
+        "benchmarks/train/{dataset}_{method}_seed{seed}.tsv"
     conda:
         "../../envs/train.yaml"
     threads: 2
@@ -23,9 +24,12 @@ rule train_tiger:
         mem="8GB",
         runtime="4h",
     params:
-        model=get_train_params("tiger"),
-        checkpoint="results/checkpoints/{dataset}/tiger/seed{seed}/last.pt",
+        cfg=get_method_params,
+        protocol=config["protocol"],
+        evaluation=config["evaluation"],
+        modalities=get_modalities,
+        checkpoint="results/checkpoints/{dataset}/{method}/seed{seed}/last.pt",
         device=config["features"]["device"],
         deterministic=config["deterministic"],
     script:
-        "../scripts/train_model.py"
+        "../scripts/train_method.py"

@@ -122,7 +122,7 @@ def read_reviews(path: str | os.PathLike) -> pd.DataFrame:
             ts = int(obj["unixReviewTime"])
         except (TypeError, ValueError) as e:
             raise ValueError(
-                f"{path}, line {lineno}: field 'unixReviewTime' is {obj['unixReviewTime']!r}, " "not integer seconds"
+                f"{path}, line {lineno}: field 'unixReviewTime' is {obj['unixReviewTime']!r}, not integer seconds"
             ) from e
         users.append(str(obj["reviewerID"]))
         items.append(str(obj["asin"]))

@@ -79,13 +79,28 @@ ID_QUALITY = pa.schema(
 
 # results/evaluate/{dataset}/{model}/seed{seed}/per_user.parquet: rank of the
 # held-out item for every user and split; rank is 1-based and null when the
-# target is outside the returned top list (beam search returns max K items).
+# target is outside the method's top-K list (ranking.parquet).
 PER_USER = pa.schema(
     [
         pa.field("user_idx", pa.int32(), nullable=False),
         pa.field("split", pa.string(), nullable=False),
         pa.field("target_item", pa.int32(), nullable=False),
         pa.field("rank", pa.int32()),
+    ]
+)
+
+# results/evaluate/{dataset}/{method}/seed{seed}/ranking.parquet: the method's
+# top-K list for every user and split, best first (K = the evaluation's list
+# length; shorter when the method returns fewer items), and the scores behind
+# it where the method has them (null otherwise, e.g. for beam search). Every
+# metric of the evaluation is recomputable from this file.
+RANKING = pa.schema(
+    [
+        pa.field("user_idx", pa.int32(), nullable=False),
+        pa.field("split", pa.string(), nullable=False),
+        pa.field("target_item", pa.int32(), nullable=False),
+        pa.field("items", pa.list_(pa.int32()), nullable=False),
+        pa.field("scores", pa.list_(pa.float32())),
     ]
 )
 
@@ -144,6 +159,12 @@ def write_table(df: pd.DataFrame, path: str | os.PathLike, schema: pa.Schema, me
         meta.update({k.encode(): json.dumps(v).encode() for k, v in metadata.items()})
         table = table.replace_schema_metadata(meta)
     _atomic_write(table, path)
+
+
+def empty_frame(schema: pa.Schema) -> pd.DataFrame:
+    """A frame with no rows and the columns of ``schema`` (for example the
+    train log of a method without epochs)."""
+    return schema.empty_table().to_pandas()
 
 
 def read_table(path: str | os.PathLike, schema: pa.Schema) -> pd.DataFrame:

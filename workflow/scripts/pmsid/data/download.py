@@ -3,7 +3,7 @@
 The one call a Snakemake download rule makes is :func:`download_file`::
 
     download_file(url, "resources/movielens/ml-25m.zip", md5_url=url + ".md5",
-                  checksum_table="config/checksums.tsv")
+                  checksum_table="resources/checksums.tsv")
 
 It fetches ``url`` into ``dest.part`` (resuming a partial file left by an
 earlier attempt or run), renames it to ``dest`` only when every byte arrived,
@@ -28,7 +28,7 @@ import time
 import zipfile
 import zlib
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import requests
@@ -346,7 +346,7 @@ class ChecksumTable:
                         f"changed the file, delete the row for {key} from {self.path.absolute()} to record the new one"
                     )
                 return "verified"
-            recorded = datetime.now(timezone.utc).date().isoformat()
+            recorded = datetime.now(UTC).date().isoformat()
             rows[key] = {"file": key, "sha256": digest, "bytes": size, "url": url, "recorded": recorded}
             self._write(comments, rows)
         log.info("%s: recorded SHA-256 %s in %s", key, digest, self.path)

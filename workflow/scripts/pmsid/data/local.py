@@ -15,7 +15,7 @@ suffix: ``.csv``, ``.tsv``, ``.parquet``, ``.jsonl`` / ``.json`` /
 
 Per-item features of another modality (audio, say) are not read here: they
 come as a precomputed Parquet file (``item_id``, ``embedding``), see
-THESIS.md 2.2.
+docs/METHOD.md 2.2.
 
 :func:`read_csv_checked` is also what the Amazon 2023 and MovieLens readers
 use: fast typed parsing, and on failure an error naming the file, the line

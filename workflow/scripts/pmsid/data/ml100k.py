@@ -7,9 +7,9 @@ fields are ``name:type`` (``token``, ``token_seq`` = space-separated tokens,
 - ``ml-100k.inter``: ``user_id:token  item_id:token  rating:float  timestamp:float``
 - ``ml-100k.item``:  ``item_id:token  movie_title:token_seq  release_year:token  class:token_seq``
 
-MovieLens has text only (THESIS.md 2.2): ``image_url`` is null for every item.
+MovieLens has text only (docs/METHOD.md 2.2): ``image_url`` is null for every item.
 Iterative 5-core on this data gives 943 users, 1,349 items, 99,287
-interactions (shared/OFFLINE.md).
+interactions.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ Two layouts:
 
 Titles end in the release year, ``"Toy Story (1995)"``; the reader splits it
 off. Every rating is one interaction: the field treats MovieLens as
-implicit feedback. MovieLens has no images (THESIS.md 2.2).
+implicit feedback. MovieLens has no images (docs/METHOD.md 2.2).
 
 ml-25m has 25M ratings, so ratings are parsed by pandas with explicit
 integer dtypes straight from the zip member, with no per-row Python.

@@ -1,4 +1,4 @@
-"""The field's standard data protocol (THESIS.md section 2).
+"""The field's standard data protocol (docs/METHOD.md section 2).
 
 Raw interactions ``(user_id, item_id, timestamp)`` from any reader go through
 the same steps, in this order:

@@ -1,6 +1,6 @@
 """The catalogue of dataset releases: where each release's raw files live,
 what the standard protocol should give on them, and which reader reads them
-(THESIS.md 2.1).
+(docs/METHOD.md 2.1).
 
 The Snakefile imports this module at parse time to know which files to
 download, so it imports neither pandas nor torch; :func:`read_release`
@@ -32,7 +32,7 @@ class RawFile:
     role: str  # reader argument: reviews / meta / train / valid / test / archive
     url: str
     filename: str  # the local file name under resources/downloads/<reader>/
-    md5: str | None = None  # committed known MD5 (MovieLens 20m/25m, THESIS.md 2.1)
+    md5: str | None = None  # committed known MD5 (MovieLens 20m/25m, docs/METHOD.md 2.1)
     md5_url: str | None = None  # the official .md5 file (MovieLens: url + ".md5")
 
 
@@ -42,8 +42,8 @@ LOCAL_READERS = ("ml100k", "local")
 READERS = READERS_WITH_DOWNLOADS + LOCAL_READERS
 MOVIELENS_VARIANTS = ("ml-1m", "ml-20m", "ml-25m")
 
-# One official base URL per release, and each file's path below it (THESIS.md
-# 2.1). A mirror (or a test server) replaces the base and keeps the paths.
+# One official base URL per release, and each file's path below it
+# (docs/METHOD.md 2.1). A mirror (or a test server) replaces the base and keeps the paths.
 OFFICIAL_BASES = {
     "amazon2014": "https://snap.stanford.edu/data/amazon/productGraph/categoryFiles/",
     "amazon2018": "https://datarepo.eng.ucsd.edu/mcauley_group/data/amazon_v2/",
@@ -63,7 +63,7 @@ _PATHS = {
     },
     "movielens": {"archive": "{cat}.zip"},
 }
-# Official MD5s from THESIS.md 2.1 (GroupLens publishes them next to the
+# Official MD5s from docs/METHOD.md 2.1 (GroupLens publishes them next to the
 # archives; Amazon publishes none: the download step records SHA-256 instead).
 MOVIELENS_MD5 = {
     "ml-25m": "6b51fb2759a8657d3bfcbfc42b592ada",
@@ -72,24 +72,24 @@ MOVIELENS_MD5 = {
 
 # What the standard protocol gives (keys of build_dataset's stats).
 _EXPECTED = {
-    # Amazon 2014, after dedup + 5-core: THESIS.md 2.1. THESIS gives no
+    # Amazon 2014, after dedup + 5-core: docs/METHOD.md 2.1. THESIS gives no
     # interaction count for Sports and Toys; those come from S3-Rec (Zhou et
     # al., CIKM 2020), Table 1, which also lists Beauty's 198,502.
     ("amazon2014", "Beauty"): {"n_users": 22_363, "n_items": 12_101, "n_interactions": 198_502},
     ("amazon2014", "Sports_and_Outdoors"): {"n_users": 35_598, "n_items": 18_357, "n_interactions": 296_337},
     ("amazon2014", "Toys_and_Games"): {"n_users": 19_412, "n_items": 11_924, "n_interactions": 167_597},
-    # Amazon 2018, image-filtered (MQL4GRec / MACRec protocol): THESIS.md 2.1.
+    # Amazon 2018, image-filtered (MQL4GRec / MACRec protocol): docs/METHOD.md 2.1.
     ("amazon2018", "Musical_Instruments"): {"n_users": 17_112, "n_items": 6_250, "n_interactions": 136_226},
     ("amazon2018", "Arts_Crafts_and_Sewing"): {"n_users": 22_171, "n_items": 9_416, "n_interactions": 174_079},
     ("amazon2018", "Video_Games"): {"n_users": 42_259, "n_items": 13_839, "n_interactions": 373_514},
-    # Amazon 2023, the official 5-core benchmark split: THESIS.md 2.1.
+    # Amazon 2023, the official 5-core benchmark split: docs/METHOD.md 2.1.
     ("amazon2023", "Musical_Instruments"): {"n_users": 57_439, "n_items": 24_587, "n_interactions": 511_836},
     ("amazon2023", "Video_Games"): {"n_users": 94_762, "n_items": 25_612, "n_interactions": 814_586},
     ("amazon2023", "Industrial_and_Scientific"): {"n_users": 50_985, "n_items": 25_848, "n_interactions": 412_947},
     # MovieLens, before filtering. raw_items_with_metadata is the movies
     # file's row count; raw_items (distinct rated movies) has no committed
     # source and is not checked.
-    # ml-25m: THESIS.md 2.1 and the official README ("25000095 ratings ...
+    # ml-25m: docs/METHOD.md 2.1 and the official README ("25000095 ratings ...
     # across 62423 movies ... created by 162541 users").
     ("movielens", "ml-25m"): {"raw_users": 162_541, "raw_interactions": 25_000_095, "raw_items_with_metadata": 62_423},
     # ml-20m: the official README ("20000263 ratings ... across 27278 movies

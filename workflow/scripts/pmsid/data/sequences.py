@@ -1,4 +1,4 @@
-"""User sequences under the leave-one-out protocol (THESIS.md section 2).
+"""User sequences under the leave-one-out protocol (docs/METHOD.md section 2).
 
 The split interactions table says, per user, which item is the validation
 target (second-to-last) and which is the test target (last). Models see
@@ -37,7 +37,7 @@ class Sequences:
         return len(self.items)
 
     @classmethod
-    def from_interactions(cls, interactions: pd.DataFrame, n_items: int) -> "Sequences":
+    def from_interactions(cls, interactions: pd.DataFrame, n_items: int) -> Sequences:
         df = interactions.sort_values(["user_idx", "position"])
         n_users = int(df["user_idx"].max()) + 1
         if df["user_idx"].nunique() != n_users:

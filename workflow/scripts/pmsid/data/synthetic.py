@@ -170,8 +170,18 @@ TOPICS = {
 }
 # fmt: on
 BRANDS = (
-    "Northwind", "Alderbrook", "Kestrel", "Quillon", "Marlowe", "Tessera",
-    "Halcyon", "Brightwater", "Oakhurst", "Veritas", "Lumen", "Fennick",
+    "Northwind",
+    "Alderbrook",
+    "Kestrel",
+    "Quillon",
+    "Marlowe",
+    "Tessera",
+    "Halcyon",
+    "Brightwater",
+    "Oakhurst",
+    "Veritas",
+    "Lumen",
+    "Fennick",
 )  # fmt: skip
 
 DESCRIPTION_TEMPLATES = (
@@ -422,7 +432,7 @@ def _make_interactions(rng, users, items, strength, popularity_weight, noise_rat
             used[i] = True
             # A star rating that leans on the match, as satisfied users rate higher.
             overall = float(np.clip(np.round(2.0 + 3.0 * match[i] + rng.normal(0.0, 0.7)), 1, 5))
-            when = dt.datetime.fromtimestamp(int(times[t]), tz=dt.timezone.utc)
+            when = dt.datetime.fromtimestamp(int(times[t]), tz=dt.UTC)
             reviews.append(
                 {
                     "overall": overall,

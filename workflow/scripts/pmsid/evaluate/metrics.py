@@ -1,4 +1,4 @@
-"""Ranking metrics for one held-out target per user (THESIS.md section 2).
+"""Ranking metrics for one held-out target per user (docs/METHOD.md section 2).
 
 Everything derives from the 1-based rank of the target in the model's
 ranking (``NaN`` or ``0`` when the target is not in the returned list):
@@ -6,7 +6,8 @@ ranking (``NaN`` or ``0`` when the target is not in the returned list):
 - ``Recall@K`` (= HR@K for a single target): 1 if rank <= K;
 - ``NDCG@K``: 1 / log2(rank + 1) if rank <= K (the ideal DCG is 1);
 - ``MRR@K``: 1 / rank if rank <= K. Beam search returns only the top
-  ``max(K)`` items, so MRR is truncated at the largest K for every model.
+  top-K list of every method holds K = max(max(ks), 20) items, so MRR is
+  truncated at the largest K for every model.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ Two pieces of machinery every large extraction needs:
   ``<out_path>.partial/`` as they finish, so a job killed after hours resumes
   where it stopped instead of starting again. The folder sits beside the
   declared output, not in it: Snakemake deletes a failed job's outputs, and
-  the chunks must survive exactly that (STYLE.md 13).
+  the chunks must survive exactly that.
 
 Chunk boundaries are whole batches of the configured size, so a chunked run
 groups the items into the same batches as a single pass would, and gives the
@@ -23,8 +23,8 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch

@@ -1,6 +1,6 @@
 """Behaviour features: item embeddings from training-split co-occurrence.
 
-PMAT needs M >= 2 modalities per item (THESIS.md section 4), and MovieLens
+PMAT needs M >= 2 modalities per item (docs/METHOD.md section 4), and MovieLens
 has text only (section 2.2). This module derives a second modality from
 behaviour, and names it ``behaviour`` everywhere (file, stage, metadata), so
 no table mistakes it for content:
@@ -16,7 +16,7 @@ no table mistakes it for content:
 
 Leakage. Only rows with ``split == "train"`` of interactions.parquet are
 read; the validation and test items of every user (the second-to-last and
-last, THESIS.md section 2) never enter the counts, so the features are
+last, docs/METHOD.md section 2) never enter the counts, so the features are
 bit-for-bit the same whatever those held-out items are. The tests check this.
 
 Items without any training co-occurrence (their only interactions are

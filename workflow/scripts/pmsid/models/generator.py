@@ -1,9 +1,9 @@
-"""TIGER-style encoder-decoder generator over semantic-ID tokens (THESIS.md section 3).
+"""TIGER-style encoder-decoder generator over semantic-ID tokens (docs/METHOD.md section 3).
 
 Every item ``i`` has a semantic ID ``codes[i] = (c_0, ..., c_{D-1})``: ``D - 1``
 quantizer levels plus the dedup token. Level ``j`` uses codes ``0 .. K_j - 1``.
 
-Personalized IDs (PMAT, THESIS.md section 4) give ``P`` ID tables ``codes (P,
+Personalized IDs (PMAT, docs/METHOD.md section 4) give ``P`` ID tables ``codes (P,
 n_items, D)``, one per user-preference prototype, and every user reads items
 under one table. The tables share one code space (level ``j`` code ``c`` is
 the same token in every table), so one model serves them all; an ID is
@@ -282,3 +282,30 @@ def _init_weights(module: nn.Module) -> None:
         nn.init.normal_(module.weight, mean=0.0, std=0.02)
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
+
+
+def tiger_defaults() -> dict:
+    """Every key of a TIGER cfg with its default (the schema's ``tiger`` and
+    ``evaluation.beam_size``, plus the run keys; see ``pmsid.defaults``)."""
+    from pmsid.defaults import run_defaults, section_defaults
+
+    return {
+        **run_defaults(),
+        **section_defaults("tiger"),
+        "beam_size": section_defaults("evaluation")["beam_size"],
+    }
+
+
+def build_tiger(codes, cfg: dict) -> TigerGenerator:
+    """A generator over ID tables ``codes`` with the architecture of ``cfg``."""
+    return TigerGenerator(
+        torch.as_tensor(codes),
+        history_cap=cfg["history_cap"],
+        d_model=cfg["d_model"],
+        n_heads=cfg["n_heads"],
+        n_encoder_layers=cfg["n_encoder_layers"],
+        n_decoder_layers=cfg["n_decoder_layers"],
+        d_ff=cfg["d_ff"],
+        dropout=cfg["dropout"],
+        encoder_tokens=cfg["encoder_tokens"],
+    )

@@ -1,6 +1,6 @@
 """SASRec: causal self-attention over item embeddings (Kang & McAuley, ICDM 2018).
 
-The ID-based baseline of THESIS.md section 7, in its strong setting: trained
+The ID-based baseline of docs/METHOD.md section 7, in its strong setting: trained
 with cross-entropy over the whole catalogue (not the paper's one sampled
 negative), which is what makes it "often beat TIGER". A history of item
 embeddings plus positional embeddings goes through pre-LayerNorm causal
@@ -125,3 +125,24 @@ def _init_weights(module: nn.Module) -> None:
         if isinstance(module, nn.Embedding) and module.padding_idx is not None:
             with torch.no_grad():
                 module.weight[module.padding_idx].zero_()
+
+
+def sasrec_defaults() -> dict:
+    """Every key of a SASRec cfg with its default (the schema's ``sasrec``
+    plus the run keys; see ``pmsid.defaults``)."""
+    from pmsid.defaults import run_defaults, section_defaults
+
+    return {**run_defaults(), **section_defaults("sasrec")}
+
+
+def build_sasrec(n_items: int, cfg: dict) -> SASRec:
+    """A SASRec over ``n_items`` items with the architecture of ``cfg``."""
+    return SASRec(
+        n_items,
+        history_cap=cfg["history_cap"],
+        d_model=cfg["d_model"],
+        n_heads=cfg["n_heads"],
+        n_layers=cfg["n_layers"],
+        d_ff=cfg["d_ff"],
+        dropout=cfg["dropout"],
+    )

@@ -1,4 +1,4 @@
-"""k-means pseudo-labels per modality (THESIS.md 3: K = 512 per modality, as in MACRec).
+"""k-means pseudo-labels per modality (docs/METHOD.md section 3: K = 512 per modality, as in MACRec).
 
 Items in the same cluster of a modality's features count as positives for
 the contrastive losses. Rows are L2-normalized first, so clusters group

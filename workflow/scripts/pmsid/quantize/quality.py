@@ -1,4 +1,4 @@
-"""Semantic-ID quality figures (THESIS.md section 3: "Report per tokenizer").
+"""Semantic-ID quality figures (docs/METHOD.md section 3: "Report per tokenizer").
 
 Every tokenizer reports the same table, so tokenizers can be compared and a
 degenerate codebook (a few codes doing all the work) is caught before any

@@ -1,4 +1,4 @@
-"""RQ-KMeans semantic IDs (THESIS.md section 3).
+"""RQ-KMeans semantic IDs (docs/METHOD.md section 3).
 
 An item's semantic ID is a short tuple of tokens. Residual k-means builds it
 coarse to fine: level 0 clusters the fused item features, every later level
@@ -119,7 +119,7 @@ class RQKMeans:
         self.centroids: list[np.ndarray] = []  # one (K_l, dim) float64 array per level
         self.level_errors: list[float] = []  # training reconstruction error after each level
 
-    def fit(self, X: np.ndarray) -> "RQKMeans":
+    def fit(self, X: np.ndarray) -> RQKMeans:
         """Learn one codebook per level on the residuals of ``X`` (N, dim)."""
         residual = np.array(X, dtype=np.float64)  # a copy: updated in place below
         if residual.ndim != 2 or len(residual) == 0:

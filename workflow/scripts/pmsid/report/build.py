@@ -14,61 +14,67 @@ from pmsid.report import datasets, figures, mcrl, pmat, tables
 log = logging.getLogger(__name__)
 
 
+def select(manifest: list[dict], kind: str, section: str | None = None) -> list[str]:
+    """Paths of the manifest entries of ``kind`` (and report ``section``), in manifest order."""
+    return [
+        entry["path"]
+        for entry in manifest
+        if entry["kind"] == kind and (section is None or section in entry.get("sections", ()))
+    ]
+
+
 def build_report(
-    metrics_paths: list[str],
-    per_user_paths: list[str],
-    quality_paths: list[str],
-    train_log_paths: list[str],
+    manifest: list[dict],
     out_dir: str | os.PathLike,
     exclude_history: bool,
     baseline_model: str = "sasrec",
     metrics: list[str] = tables.DEFAULT_METRICS,
     significance_metric: str = "NDCG@10",
     alpha: float = 0.05,
-    pmat_weights_paths: list[str] = (),
-    pmat_preference_paths: list[str] = (),
-    pmat_replay_paths: list[str] = (),
-    pmat_quality_paths: list[str] = (),
-    mcrl_metrics_paths: list[str] = (),
-    mcrl_per_user_paths: list[str] = (),
-    mcrl_components_paths: list[str] = (),
-    mcrl_id_space_paths: list[str] = (),
-    mcrl_tsne_paths: list[str] = (),
-    dataset_stats_paths: list[str] = (),
-    dataset_images_paths: list[str] = (),
     image_policy: str | None = None,
 ) -> list[str]:
     """Write every table and figure of the report into ``out_dir``; returns the written paths.
 
-    Writes ``main_comparison``, ``significance`` and ``id_quality`` as
-    ``.csv/.md/.tex``, the figures ``codebook_utilization.png``,
-    ``training_curves.png`` and ``metric_comparison.png``, and ``README.md``,
-    which embeds the Markdown tables and links the figures.
+    ``manifest`` lists every result file with its metadata: ``kind``
+    (metrics, per_user, ranking, train_log, components, id_space, tsne,
+    quality, pmat_weights, pmat_preference, pmat_replay, pmat_quality,
+    dataset_stats, dataset_images), ``path``, and for a method's files
+    ``dataset``, ``method``, ``seed``, ``sections`` (the report sections the
+    run appears in: main, pmat, mcrl), ``label`` and ``role``. The sections:
+
+    - always: ``main_comparison``, ``significance`` and ``id_quality`` as
+      ``.csv/.md/.tex``, the figures ``codebook_utilization.png``,
+      ``training_curves.png`` and ``metric_comparison.png``, the
+      ``datasets`` table, and ``README.md``, which embeds the Markdown
+      tables and links the figures;
+    - PMAT (:func:`pmsid.report.pmat.write_pmat_report`) when the manifest
+      holds PMAT's files: tables ``pmat_ablation``, ``pmat_updates``,
+      ``pmat_preference``, ``pmat_id_quality``, figures ``pmat_weights.png``
+      and ``pmat_semantic_consistency.png``;
+    - MCRL (:func:`pmsid.report.mcrl.write_mcrl_report`) when it holds runs
+      of the ``mcrl`` section: tables ``mcrl_ablation``, ``mcrl_id_space``,
+      ``mcrl_cost``, figures ``mcrl_loss_curves.png`` and ``mcrl_tsne.png``.
+      MCRL's runs stay out of the main comparison.
 
     ``exclude_history`` states whether the evaluation removed the user's
-    history items from the ranking; it goes into the main table's caption and
-    must agree with every metrics file that records it.
-
-    The ``pmat_*_paths`` (PMAT's user weights, preference recovery, replay
-    summaries and ID quality; all four or none) add the PMAT section of
-    :func:`pmsid.report.pmat.write_pmat_report`: the tables
-    ``pmat_ablation``, ``pmat_updates``, ``pmat_preference`` and
-    ``pmat_id_quality`` and the figures ``pmat_weights.png`` and
-    ``pmat_semantic_consistency.png``. Without them nothing PMAT is written.
-
-    The ``mcrl_*_paths`` (the MCRL ablations' metrics and per-user files,
-    loss components, ID-space measures and t-SNE maps; all five or none) add
-    the MCRL section of :func:`pmsid.report.mcrl.write_mcrl_report`: the
-    tables ``mcrl_ablation``, ``mcrl_id_space`` and ``mcrl_cost`` and the
-    figures ``mcrl_loss_curves.png`` and ``mcrl_tsne.png``. The MCRL runs'
-    metrics stay out of ``metrics_paths``, so the main comparison is the same
-    with or without them.
-
-    ``dataset_stats_paths`` (each dataset's ``stats.json``) with
-    ``dataset_images_paths`` (``images.parquet`` of the datasets with images)
-    add the ``datasets`` table: statistics, the check against the published
-    figures, and the image status counts under ``image_policy``.
+    history items from the ranking; it goes into the captions and must agree
+    with every metrics file that records it.
     """
+    metrics_paths = select(manifest, "metrics", "main")
+    per_user_paths = select(manifest, "per_user", "main")
+    train_log_paths = select(manifest, "train_log", "main")
+    quality_paths = select(manifest, "quality")
+    pmat_weights_paths = select(manifest, "pmat_weights")
+    pmat_preference_paths = select(manifest, "pmat_preference")
+    pmat_replay_paths = select(manifest, "pmat_replay")
+    pmat_quality_paths = select(manifest, "pmat_quality")
+    mcrl_metrics_paths = select(manifest, "metrics", "mcrl")
+    mcrl_per_user_paths = select(manifest, "per_user", "mcrl")
+    mcrl_components_paths = select(manifest, "components", "mcrl")
+    mcrl_id_space_paths = select(manifest, "id_space", "mcrl")
+    mcrl_tsne_paths = select(manifest, "tsne", "mcrl")
+    dataset_stats_paths = select(manifest, "dataset_stats")
+    dataset_images_paths = select(manifest, "dataset_images")
     # Checked first, so that a partial set of PMAT inputs fails before any work.
     pmat_inputs = [pmat_weights_paths, pmat_preference_paths, pmat_replay_paths, pmat_quality_paths]
     with_pmat = pmat.requested(*pmat_inputs)
@@ -127,6 +133,7 @@ def build_report(
     if with_pmat:
         pmat_written, pmat_sections, pmat_figures = pmat.write_pmat_report(
             runs, per_user_paths, *pmat_inputs, out=out, exclude_history=exclude_history,
+            rows=tables.SectionRows.from_manifest(manifest, "pmat"),
             metrics=metrics, significance_metric=significance_metric, alpha=alpha,
         )  # fmt: skip
         written += pmat_written
@@ -136,6 +143,7 @@ def build_report(
         mcrl_runs = tables.collect_runs(mcrl_metrics_paths, exclude_history=exclude_history)
         mcrl_written, mcrl_sections, mcrl_figures = mcrl.write_mcrl_report(
             mcrl_runs, *mcrl_inputs, out=out, exclude_history=exclude_history,
+            rows=tables.SectionRows.from_manifest(manifest, "mcrl"),
             metrics=metrics, significance_metric=significance_metric, alpha=alpha,
         )  # fmt: skip
         written += mcrl_written

@@ -17,9 +17,9 @@ import matplotlib
 matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
-from matplotlib.ticker import MaxNLocator  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from pmsid.data.contracts import TRAIN_LOG, read_table  # noqa: E402
 from pmsid.report.tables import parse_run_path  # noqa: E402

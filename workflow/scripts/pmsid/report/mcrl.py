@@ -2,17 +2,17 @@
 
 :func:`write_mcrl_report` writes three tables (``.csv/.md/.tex``) and two
 figures; :func:`pmsid.report.build.build_report` calls it when it is given
-MCRL's files. Every MCRL run is a model ``mcrl_{ablation}`` with the
-ablation a key of :data:`pmsid.methods.mcrl.ABLATIONS`; ``mcrl_none``, the
-stage-1 generator fine-tuned for the same epochs with no MCRL loss, is the
-control every other ablation is compared with. A config may run any subset
-of the ablations. Where a file comes from is read off its path, which the
-workflow fixes (STYLE.md 6):
+MCRL's files. Its rows are the methods of the manifest's ``mcrl`` section
+(:class:`pmsid.report.tables.SectionRows`: their order, the loss terms each
+trains with, and the control, the stage-1 generator fine-tuned for the same
+epochs with no MCRL loss, which every other ablation is compared with). A
+config may run any subset of the ablations. Where a file comes from is read
+off its path, which the workflow fixes:
 
 - ``results/evaluate/{dataset}/mcrl_{ablation}/seed{seed}/metrics.parquet`` and
   ``per_user.parquet`` (METRICS, PER_USER), kept apart from the main
   comparison's runs so that the main table stays as it is
-- ``results/train/{dataset}/mcrl_{ablation}/seed{seed}/loss_components.parquet``
+- ``results/train/{dataset}/mcrl_{ablation}/seed{seed}/extras/loss_components.parquet``
   (one row per optimizer step: ``epoch, step, total, id, user, intra, inter, seconds``)
 - ``results/mcrl/{dataset}/mcrl_{ablation}/seed{seed}/id_space.json`` (ID_SPACE_KEYS)
 - ``results/mcrl/{dataset}/mcrl_{ablation}/seed{seed}/tsne.parquet``
@@ -32,15 +32,10 @@ import pandas as pd
 import pyarrow.parquet as pq
 import seaborn as sns
 
-from pmsid.methods.mcrl import ABLATIONS
 from pmsid.report import figures, tables
 from pmsid.report.tables import PM
 
 log = logging.getLogger(__name__)
-
-# The ablation's rows, in table order; mcrl_none is the reference of the paired tests and of the cost ratio.
-MCRL_MODELS = [f"mcrl_{name}" for name in ABLATIONS]
-CONTROL = "mcrl_none"
 
 # loss_components.parquet: the columns every file must have; NaN marks an inactive loss or an untimed step.
 COMPONENT_COLUMNS = ["epoch", "step", "total", "id", "user", "intra", "inter", "seconds"]
@@ -66,26 +61,12 @@ _INPUTS = ("mcrl_metrics_paths", "mcrl_per_user_paths")
 # --------------------------------------------------------------------------- reading
 
 
-def losses_label(model: str) -> str:
-    """The MCRL losses ``mcrl_{ablation}`` trains with, e.g. ``L_user + L_intra``; ``none`` for the control."""
-    terms = ABLATIONS[model.removeprefix("mcrl_")]
-    return " + ".join(f"L_{term}" for term in terms) or "none"
-
-
 def parse_mcrl_path(path: str | os.PathLike, stage: str, filename: str) -> dict:
-    """``{dataset, model, seed}`` of ``results/{stage}/{dataset}/mcrl_{ablation}/seed{seed}/{filename}``.
+    """``{dataset, model, seed}`` of ``results/{stage}/{dataset}/{method}/seed{seed}/{filename}``.
 
-    Fails naming the path when it has another shape or the model is not one
-    of the ablations in :data:`pmsid.methods.mcrl.ABLATIONS`.
+    Fails naming the path when it has another shape.
     """
-    run = tables.parse_run_path(path, stage, filename)
-    if run["model"] not in MCRL_MODELS:
-        raise ValueError(
-            f"{path}: model '{run['model']}' is not an MCRL ablation; expected "
-            f"results/{stage}/{{dataset}}/mcrl_{{ablation}}/seed{{seed}}/{filename} with ablation one of "
-            f"{list(ABLATIONS)}"
-        )
-    return run
+    return tables.parse_run_path(path, stage, filename)
 
 
 def _require_file(path: str | os.PathLike) -> None:
@@ -100,14 +81,6 @@ def _one_per_run(frame: pd.DataFrame, keys: list[str], what: str) -> None:
         raise ValueError(f"{what}: the same {tuple(keys)} appears twice: {first}")
 
 
-def _model_order(frame: pd.DataFrame) -> pd.DataFrame:
-    """Rows sorted by dataset, then by ablation in ABLATIONS order (not alphabetically)."""
-    order = {m: i for i, m in enumerate(MCRL_MODELS)}
-    return frame.sort_values(
-        ["dataset", "model"], key=lambda c: c.map(order) if c.name == "model" else c, ignore_index=True
-    )
-
-
 def collect_components(paths: list[str]) -> pd.DataFrame:
     """Every loss_components.parquet in one frame: ``dataset, model, seed`` and COMPONENT_COLUMNS.
 
@@ -117,7 +90,7 @@ def collect_components(paths: list[str]) -> pd.DataFrame:
     frames = []
     for path in paths:
         _require_file(path)
-        run = parse_mcrl_path(path, "train", "loss_components.parquet")
+        run = parse_mcrl_path(path, "train", "extras/loss_components.parquet")
         df = pd.read_parquet(path)
         missing = [c for c in COMPONENT_COLUMNS if c not in df.columns]
         if missing:
@@ -202,47 +175,55 @@ def collect_id_space(paths: list[str]) -> pd.DataFrame:
                 f"collect_id_space: on dataset '{dataset}' the runs list different modalities {found}; "
                 "the pseudo-labels are the dataset's, so every run must share them"
             )
-    return _model_order(frame.sort_values(["dataset", "model", "seed"]))
+    return frame.sort_values(["dataset", "model", "seed"], ignore_index=True)
 
 
 # --------------------------------------------------------------------------- tables
 
 
 def ablation_table(
-    runs: pd.DataFrame, per_user_paths: list[str], metric: str = "NDCG@10", alpha: float = 0.05
+    runs: pd.DataFrame,
+    per_user_paths: list[str],
+    rows: tables.SectionRows,
+    metric: str = "NDCG@10",
+    alpha: float = 0.05,
 ) -> pd.DataFrame:
     """One row per (dataset, MCRL ablation): ``mean ± std`` of ABLATION_METRICS, then a paired test vs mcrl_none.
 
-    :func:`pmsid.report.tables.ablation_table` over MCRL_MODELS with
+    :func:`pmsid.report.tables.ablation_table` over the section's ``rows`` with
     ``mcrl_none`` as reference, plus a ``losses`` column naming each
     ablation's MCRL losses. Datasets without ``mcrl_none`` have no tests (NaN).
     """
     for path in per_user_paths:
         parse_mcrl_path(path, "evaluate", "per_user.parquet")
     table = tables.ablation_table(
-        runs, per_user_paths, MCRL_MODELS, CONTROL, tables.ABLATION_METRICS, metric, alpha,
+        runs, per_user_paths, list(rows.methods), rows.control, tables.ABLATION_METRICS, metric, alpha,
         what="mcrl_ablation", inputs=_INPUTS,
     )  # fmt: skip
-    table.insert(2, "losses", table["model"].map(losses_label))
+    table.insert(2, "losses", table["model"].map(rows.losses_label))
     return table
 
 
 def ablation_caption(
-    exclude_history: bool, metric: str = "NDCG@10", alpha: float = 0.05, metrics: list[str] = tables.DEFAULT_METRICS
+    rows: tables.SectionRows,
+    exclude_history: bool,
+    metric: str = "NDCG@10",
+    alpha: float = 0.05,
+    metrics: list[str] = tables.DEFAULT_METRICS,
 ) -> str:
     """Caption of the MCRL ablation table: rows, cells, tests, then the protocol."""
     return (
         "MCRL ablation on the test split. Each row mcrl_{ablation} fine-tunes the stage-1 generator under L_ID plus "
-        f"the MCRL losses in 'losses'; {CONTROL}, the control, fine-tunes it for the same epochs with L_ID alone. "
+        f"the MCRL losses in 'losses'; {rows.control}, the control, fine-tunes it for the same epochs with L_ID alone. "
         f"Cells: mean {PM} sample standard deviation over seeds ('seeds' gives their number); bold marks the best "
         "ablation per dataset and metric. "
-        + tables.ablation_test_caption(CONTROL, metric, alpha)
-        + f" Datasets without {CONTROL} have no tests (blank). "
+        + tables.ablation_test_caption(rows.control, metric, alpha)
+        + f" Datasets without {rows.control} have no tests (blank). "
         + tables.protocol_caption(exclude_history, metrics)
     )
 
 
-def id_space_table(id_space: pd.DataFrame) -> pd.DataFrame:
+def id_space_table(id_space: pd.DataFrame, rows: tables.SectionRows) -> pd.DataFrame:
     """One row per (dataset, ablation): ``mean ± std`` over seeds of each alignment ratio, and of uniformity.
 
     One column ``alignment_ratio_{modality}`` per modality of any dataset
@@ -250,15 +231,15 @@ def id_space_table(id_space: pd.DataFrame) -> pd.DataFrame:
     dataset lacks that modality.
     """
     modalities = list(dict.fromkeys(m for ms in id_space.sort_values("dataset")["modalities"] for m in ms))
-    rows = []
+    out = []
     for (dataset, model), group in id_space.groupby(["dataset", "model"], sort=False):
-        row = {"dataset": dataset, "model": model, "losses": losses_label(model), "seeds": group["seed"].nunique()}
+        row = {"dataset": dataset, "model": model, "losses": rows.losses_label(model), "seeds": group["seed"].nunique()}
         for modality in modalities:
             # absent modality -> no values -> "-"
             row[f"alignment_ratio_{modality}"] = tables.mean_std([r.get(modality) for r in group["alignment_ratio"]])
         row["uniformity"] = tables.mean_std(group["uniformity"])
-        rows.append(row)
-    return _model_order(pd.DataFrame(rows))
+        out.append(row)
+    return rows.order(pd.DataFrame(out))
 
 
 ID_SPACE_CAPTION = (
@@ -271,7 +252,7 @@ ID_SPACE_CAPTION = (
 )
 
 
-def cost_table(components: pd.DataFrame) -> pd.DataFrame:
+def cost_table(components: pd.DataFrame, rows: tables.SectionRows) -> pd.DataFrame:
     """One row per (dataset, ablation): median seconds per optimizer step and its ratio to mcrl_none's.
 
     The median pools every timed step (finite ``seconds``) of every seed;
@@ -279,37 +260,40 @@ def cost_table(components: pd.DataFrame) -> pd.DataFrame:
     runs) are left out. ``ratio_to_none`` is NaN on a dataset without
     ``mcrl_none`` and where an ablation has no timed step.
     """
-    rows = []
+    out = []
     for (dataset, model), group in components.groupby(["dataset", "model"], sort=False):
         seconds = group["seconds"][np.isfinite(group["seconds"])]
         if seconds.empty:
             log.warning("mcrl cost: %s on %s has no timed step; its median is left blank", model, dataset)
-        rows.append(
+        out.append(
             {
                 "dataset": dataset,
                 "model": model,
-                "losses": losses_label(model),
+                "losses": rows.losses_label(model),
                 "seeds": group["seed"].nunique(),
                 "timed_steps": len(seconds),
                 "median_seconds_per_step": float(seconds.median()) if len(seconds) else np.nan,
             }
         )
-    table = _model_order(pd.DataFrame(rows))
-    control = table[table["model"] == CONTROL].set_index("dataset")["median_seconds_per_step"]
+    table = rows.order(pd.DataFrame(out))
+    control = table[table["model"] == rows.control].set_index("dataset")["median_seconds_per_step"]
     table["ratio_to_none"] = table["median_seconds_per_step"] / table["dataset"].map(control).astype("float64")
     return table
 
 
-COST_CAPTION = (
-    "Cost of MCRL per training step, per dataset and ablation: median wall-clock seconds per optimizer step, "
-    "pooled over every timed step of every seed (timed_steps; the last step of each epoch, where validation "
-    f"runs, is not timed), and ratio_to_none = that median / {CONTROL}'s median on the same dataset (blank "
-    f"without {CONTROL}): the cost per training step of MCRL relative to the control, measured in the same run. "
-    "Every row times the steps of the same fine-tuning stage (stage 2, the stage-1 generator fine-tuned for the "
-    "same epochs), on the machine that ran the workflow. The ablations are separate jobs, run at different "
-    "times, so changes in the machine's load between jobs enter the ratio; `make bench-mcrl` measures the same "
-    "ratio with the ablations' steps interleaved on the same batches."
-)
+def cost_caption(rows: tables.SectionRows) -> str:
+    """Caption of the cost table (names the control)."""
+    control = rows.control
+    return (
+        "Cost of MCRL per training step, per dataset and ablation: median wall-clock seconds per optimizer step, "
+        "pooled over every timed step of every seed (timed_steps; the last step of each epoch, where validation "
+        f"runs, is not timed), and ratio_to_none = that median / {control}'s median on the same dataset (blank "
+        f"without {control}): the cost per training step of MCRL relative to the control, measured in the same run. "
+        "Every row times the steps of the same fine-tuning stage (stage 2, the stage-1 generator fine-tuned for the "
+        "same epochs), on the machine that ran the workflow. The ablations are separate jobs, run at different "
+        "times, so changes in the machine's load between jobs enter the ratio; `make bench-mcrl` measures the same "
+        "ratio with the ablations' steps interleaved on the same batches."
+    )
 
 
 # --------------------------------------------------------------------------- figures
@@ -341,7 +325,9 @@ def loss_curves_frame(components: pd.DataFrame, window: int = SMOOTH_STEPS) -> p
     return pd.concat(frames, ignore_index=True)
 
 
-def plot_loss_curves(components: pd.DataFrame, out_png: str | os.PathLike, window: int = SMOOTH_STEPS) -> str:
+def plot_loss_curves(
+    components: pd.DataFrame, out_png: str | os.PathLike, rows: tables.SectionRows, window: int = SMOOTH_STEPS
+) -> str:
     """Per-step loss components against step: a row of panels per dataset, one panel per component.
 
     One line per ablation, the mean over seeds smoothed by
@@ -352,8 +338,9 @@ def plot_loss_curves(components: pd.DataFrame, out_png: str | os.PathLike, windo
     curves = loss_curves_frame(components, window)
     datasets = sorted(components["dataset"].unique())
     # The control in black, each ablation its own colour, the same in every panel.
-    palette = dict(zip(MCRL_MODELS[1:], sns.color_palette("tab10", n_colors=len(MCRL_MODELS) - 1)))
-    palette[CONTROL] = "black"
+    others = [m for m in rows.methods if m != rows.control]
+    palette = dict(zip(others, sns.color_palette("tab10", n_colors=max(len(others), 1))))
+    palette[rows.control] = "black"
     ncols = len(COMPONENT_TITLES)
     fig, axes = plt.subplots(
         len(datasets), ncols, figsize=(3.6 * ncols + 2.0, 3.0 * len(datasets) + 0.6), squeeze=False, sharex="row"
@@ -363,7 +350,7 @@ def plot_loss_curves(components: pd.DataFrame, out_png: str | os.PathLike, windo
         for col, (component, title) in enumerate(COMPONENT_TITLES.items()):
             ax = axes[row, col]
             part = curves[(curves["dataset"] == dataset) & (curves["component"] == component)]
-            for model in MCRL_MODELS:
+            for model in rows.methods:
                 line = part[part["model"] == model]
                 if not line.empty:
                     (handles[model],) = ax.plot(line["step"], line["value"], color=palette[model], linewidth=1.2)
@@ -372,24 +359,24 @@ def plot_loss_curves(components: pd.DataFrame, out_png: str | os.PathLike, windo
             ax.set_title(f"{dataset}: {title}", fontsize="medium")
             ax.set_xlabel("optimizer step")
             ax.set_ylabel(f"loss (rolling mean, {window} steps)" if col == 0 else "")
-    shown = [m for m in MCRL_MODELS if m in handles]
+    shown = [m for m in rows.methods if m in handles]
     axes[0, -1].legend(
-        [handles[m] for m in shown], [f"{m} ({losses_label(m)})" for m in shown], title="ablation (mean over seeds)",
+        [handles[m] for m in shown], [f"{m} ({rows.losses_label(m)})" for m in shown], title="ablation (mean over seeds)",
         loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize="small", frameon=False,
     )  # fmt: skip
     fig.suptitle("MCRL loss components per training step")
     return figures._save(fig, out_png)
 
 
-def tsne_columns(present: list[str]) -> list[str]:
-    """The ablations the t-SNE figure shows for one dataset: the first and last run, in ABLATIONS order.
+def tsne_columns(present: list[str], rows: tables.SectionRows) -> list[str]:
+    """The ablations the t-SNE figure shows for one dataset: the first and last run, in the rows' order.
 
     With every ablation run these are mcrl_none (the control) and mcrl_all
     (all three losses); a subset falls back to its first and last.
     """
-    ordered = [m for m in MCRL_MODELS if m in set(present)]
+    ordered = [m for m in rows.methods if m in set(present)]
     if not ordered:
-        raise ValueError(f"tsne_columns: none of {MCRL_MODELS} in {sorted(present)}")
+        raise ValueError(f"tsne_columns: none of {list(rows.methods)} in {sorted(present)}")
     return list(dict.fromkeys([ordered[0], ordered[-1]]))
 
 
@@ -428,7 +415,7 @@ def collect_tsne(paths: list[str], id_space: pd.DataFrame) -> pd.DataFrame:
     return runs
 
 
-def plot_tsne(id_space: pd.DataFrame, runs: pd.DataFrame, out_png: str | os.PathLike) -> str:
+def plot_tsne(id_space: pd.DataFrame, runs: pd.DataFrame, out_png: str | os.PathLike, rows: tables.SectionRows) -> str:
     """t-SNE of the ID representations: a row per dataset, a panel per ablation of :func:`tsne_columns`.
 
     ``runs`` is :func:`collect_tsne`'s frame. Each panel is the lowest seed
@@ -438,7 +425,7 @@ def plot_tsne(id_space: pd.DataFrame, runs: pd.DataFrame, out_png: str | os.Path
     """
     by_run = id_space.set_index(["dataset", "model", "seed"])
     datasets = sorted(runs["dataset"].unique())
-    columns = {d: tsne_columns(list(runs.loc[runs["dataset"] == d, "model"])) for d in datasets}
+    columns = {d: tsne_columns(list(runs.loc[runs["dataset"] == d, "model"]), rows) for d in datasets}
     ncols = max(len(c) for c in columns.values())
     fig, axes = plt.subplots(len(datasets), ncols, figsize=(4.6 * ncols, 4.4 * len(datasets)), squeeze=False)
     for row, dataset in enumerate(datasets):
@@ -459,7 +446,7 @@ def plot_tsne(id_space: pd.DataFrame, runs: pd.DataFrame, out_png: str | os.Path
             )  # fmt: skip
             ratio = measures["alignment_ratio"][modality]
             ax.set_title(
-                f"{dataset}: {model} ({losses_label(model)}), seed {first['seed']}\n"
+                f"{dataset}: {model} ({rows.losses_label(model)}), seed {first['seed']}\n"
                 f"colour: {modality} pseudo-label; alignment ratio {ratio:.3f}",
                 fontsize="medium",
             )
@@ -471,21 +458,23 @@ def plot_tsne(id_space: pd.DataFrame, runs: pd.DataFrame, out_png: str | os.Path
     return figures._save(fig, out_png)
 
 
-FIGURE_CAPTIONS = {
-    "mcrl_loss_curves.png": (
-        "MCRL's loss components per optimizer step of the fine-tuning stage, one row of panels per dataset and "
-        "one panel per component (L_ID, the generator loss; L_user, L_intra, L_inter; the weighted total), one "
-        "line per ablation: the mean over seeds at each step, smoothed by a rolling mean over "
-        f"{SMOOTH_STEPS} consecutive steps where the component was active. An ablation that does not train a "
-        "component has no line in its panel."
-    ),
-    "mcrl_tsne.png": (
-        f"t-SNE of the items' ID representations, one row per dataset: {CONTROL} (the control) and mcrl_all "
-        "(all three MCRL losses), or the first and last ablation run where either is missing; lowest seed. "
-        "Points are coloured by the k-means pseudo-label of the dataset's first modality; each title gives that "
-        "modality's alignment ratio (below 1: items of one pseudo-label closer than random pairs)."
-    ),
-}
+def figure_captions(rows: tables.SectionRows) -> dict[str, str]:
+    """Captions of the MCRL figures (they name the control)."""
+    return {
+        "mcrl_loss_curves.png": (
+            "MCRL's loss components per optimizer step of the fine-tuning stage, one row of panels per dataset and "
+            "one panel per component (L_ID, the generator loss; L_user, L_intra, L_inter; the weighted total), one "
+            "line per ablation: the mean over seeds at each step, smoothed by a rolling mean over "
+            f"{SMOOTH_STEPS} consecutive steps where the component was active. An ablation that does not train a "
+            "component has no line in its panel."
+        ),
+        "mcrl_tsne.png": (
+            "t-SNE of the items' ID representations, one row per dataset: the first and the last ablation in table "
+            f"order ({rows.control}, the control, and the one with all three MCRL losses when all run); lowest seed. "
+            "Points are coloured by the k-means pseudo-label of the dataset's first modality; each title gives that "
+            "modality's alignment ratio (below 1: items of one pseudo-label closer than random pairs)."
+        ),
+    }
 
 
 # --------------------------------------------------------------------------- all of it
@@ -511,6 +500,7 @@ def write_mcrl_report(
     tsne_paths: list[str],
     out: Path,
     exclude_history: bool,
+    rows: tables.SectionRows,
     metrics: list[str] = tables.DEFAULT_METRICS,
     significance_metric: str = "NDCG@10",
     alpha: float = 0.05,
@@ -518,7 +508,7 @@ def write_mcrl_report(
     """Write the MCRL tables and figures into ``out``.
 
     ``runs`` is :func:`pmsid.report.tables.collect_runs` of the MCRL runs'
-    metrics.parquet only. Writes the tables ``mcrl_ablation``,
+    metrics.parquet only; ``rows`` the section's methods from the manifest. Writes the tables ``mcrl_ablation``,
     ``mcrl_id_space`` and ``mcrl_cost`` and the figures
     ``mcrl_loss_curves.png`` and ``mcrl_tsne.png``. Returns the written
     paths, the README sections ``(title, stem, caption)`` and the figure
@@ -526,12 +516,14 @@ def write_mcrl_report(
     """
     if runs.empty:
         raise ValueError("write_mcrl_report: no MCRL evaluation runs given (mcrl_metrics_paths)")
-    others = sorted(set(runs["model"]) - set(MCRL_MODELS))
+    others = sorted(set(runs["model"]) - set(rows.methods))
     if others:
         raise ValueError(
-            f"write_mcrl_report: model(s) {others} are not MCRL ablations; mcrl_metrics_paths takes only "
-            f"mcrl_{{ablation}} runs with ablation one of {list(ABLATIONS)}"
+            f"write_mcrl_report: model(s) {others} are not rows of the MCRL section {list(rows.methods)}; "
+            "mcrl_metrics_paths takes only the section's runs"
         )
+    if rows.control is None:
+        raise ValueError("write_mcrl_report: the MCRL section has no control row (role 'control')")
     # runs stands in for mcrl_metrics_paths, already read (and non-empty).
     if not requested(["runs"], per_user_paths, components_paths, id_space_paths, tsne_paths):
         raise ValueError("write_mcrl_report: no MCRL inputs given")
@@ -547,14 +539,14 @@ def write_mcrl_report(
         (
             "MCRL ablation",
             "mcrl_ablation",
-            ablation_caption(exclude_history, significance_metric, alpha, metrics),
-            ablation_table(runs, list(per_user_paths), significance_metric, alpha),
+            ablation_caption(rows, exclude_history, significance_metric, alpha, metrics),
+            ablation_table(runs, list(per_user_paths), rows, significance_metric, alpha),
         ),
-        ("MCRL ID space", "mcrl_id_space", ID_SPACE_CAPTION, id_space_table(id_space)),
-        ("MCRL cost per training step", "mcrl_cost", COST_CAPTION, cost_table(components)),
+        ("MCRL ID space", "mcrl_id_space", ID_SPACE_CAPTION, id_space_table(id_space, rows)),
+        ("MCRL cost per training step", "mcrl_cost", cost_caption(rows), cost_table(components, rows)),
     ]
     for _title, stem, caption, table in sections:
         written += tables.write_table_formats(table, out / stem, caption)
-    written.append(plot_loss_curves(components, out / "mcrl_loss_curves.png"))
-    written.append(plot_tsne(id_space, tsne, out / "mcrl_tsne.png"))
-    return written, [s[:3] for s in sections], dict(FIGURE_CAPTIONS)
+    written.append(plot_loss_curves(components, out / "mcrl_loss_curves.png", rows))
+    written.append(plot_tsne(id_space, tsne, out / "mcrl_tsne.png", rows))
+    return written, [s[:3] for s in sections], figure_captions(rows)

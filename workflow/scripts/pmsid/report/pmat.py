@@ -3,15 +3,16 @@
 :func:`write_pmat_report` writes four tables (``.csv/.md/.tex``) and two
 figures; :func:`pmsid.report.build.build_report` calls it when it is given
 PMAT's files. Where a file comes from is read off its path, which the
-workflow fixes (STYLE.md 6):
+workflow fixes:
 
 - ``results/pmat/{dataset}/seed{seed}/weights.parquet`` (USER_WEIGHTS)
 - ``results/pmat/{dataset}/seed{seed}/preference.json``
 - ``results/pmat/{dataset}/seed{seed}/replay/summary.json``
 - ``results/tokenize/{dataset}/pmat_{variant}/seed{seed}/quality.parquet`` (ID_QUALITY)
 
-The ablation reads the evaluation runs of ``pmat_global``, ``pmat_static``
-and ``pmat_full`` from the report's ordinary metrics and per-user files.
+The ablation reads the evaluation runs of the methods of the manifest's
+``pmat`` section (:class:`pmsid.report.tables.SectionRows`) from the report's
+ordinary metrics and per-user files.
 """
 
 from __future__ import annotations
@@ -33,16 +34,7 @@ from pmsid.report.tables import PM
 
 log = logging.getLogger(__name__)
 
-# The ablation's rows, in table order; pmat_global is the reference of the paired tests.
-PMAT_MODELS = ["pmat_global", "pmat_static", "pmat_full"]
-ABLATION_BASELINE = "pmat_global"
 ABLATION_METRICS = tables.ABLATION_METRICS
-
-MODEL_DESCRIPTIONS = {
-    "pmat_global": "one global fusion of the modalities (P = 1), the same IDs for every user",
-    "pmat_static": "personalized IDs (one ID table per preference prototype), no updates after training",
-    "pmat_full": "personalized IDs plus drift-triggered updates of the user's preference",
-}
 
 # Keys of replay/summary.json; a value may be null where the key says so in the drift replay.
 REPLAY_KEYS = (
@@ -201,29 +193,38 @@ def collect_pmat_quality(paths: list[str]) -> pd.DataFrame:
 
 
 def ablation_table(
-    runs: pd.DataFrame, per_user_paths: list[str], metric: str = "NDCG@10", alpha: float = 0.05
+    runs: pd.DataFrame,
+    per_user_paths: list[str],
+    rows: tables.SectionRows,
+    metric: str = "NDCG@10",
+    alpha: float = 0.05,
 ) -> pd.DataFrame:
-    """One row per (dataset, PMAT model): ``mean ± std`` of ABLATION_METRICS, then a paired test.
+    """One row per (dataset, PMAT method): ``mean ± std`` of ABLATION_METRICS, then a paired test.
 
-    :func:`pmsid.report.tables.ablation_table` with PMAT_MODELS against
-    ``pmat_global``: ``runs`` is :func:`pmsid.report.tables.collect_runs`'s
-    frame (bold = best of the PMAT models per dataset); the ``pmat_global``
-    rows, and datasets without it, have no test (NaN).
+    :func:`pmsid.report.tables.ablation_table` over the section's ``rows``
+    against their control (the global-fusion variant): ``runs`` is
+    :func:`pmsid.report.tables.collect_runs`'s frame (bold = best of the rows
+    per dataset); the control's rows, and datasets without it, have no test
+    (NaN).
     """
     return tables.ablation_table(
-        runs, per_user_paths, PMAT_MODELS, ABLATION_BASELINE, ABLATION_METRICS, metric, alpha, what="ablation_table"
+        runs, per_user_paths, list(rows.methods), rows.control, ABLATION_METRICS, metric, alpha, what="ablation_table"
     )
 
 
 def ablation_caption(
-    exclude_history: bool, metric: str = "NDCG@10", alpha: float = 0.05, metrics: list[str] = tables.DEFAULT_METRICS
+    rows: tables.SectionRows,
+    exclude_history: bool,
+    metric: str = "NDCG@10",
+    alpha: float = 0.05,
+    metrics: list[str] = tables.DEFAULT_METRICS,
 ) -> str:
     """Caption of the ablation table: what each row is, what the cells and tests are, then the protocol."""
-    rows = "; ".join(f"{m} = {d}" for m, d in MODEL_DESCRIPTIONS.items())
+    described = "; ".join(f"{m} = {rows.descriptions[m]}" for m in rows.methods)
     return (
-        f"PMAT ablation on the test split. Rows: {rows}. Cells: mean {PM} sample standard deviation over "
-        "seeds ('seeds' gives their number); bold marks the best of the three per dataset and metric. "
-        + tables.ablation_test_caption(ABLATION_BASELINE, metric, alpha)
+        f"PMAT ablation on the test split. Rows: {described}. Cells: mean {PM} sample standard deviation over "
+        "seeds ('seeds' gives their number); bold marks the best row per dataset and metric. "
+        + tables.ablation_test_caption(rows.control, metric, alpha)
         + " "
         + tables.protocol_caption(exclude_history, metrics)
     )
@@ -455,14 +456,17 @@ def write_pmat_report(
     quality_paths: list[str],
     out: Path,
     exclude_history: bool,
+    rows: tables.SectionRows,
     metrics: list[str] = tables.DEFAULT_METRICS,
     significance_metric: str = "NDCG@10",
     alpha: float = 0.05,
 ) -> tuple[list[str], list[tuple[str, str, str]], dict[str, str]]:
     """Write the PMAT tables and figures into ``out``.
 
-    Returns the written paths, the README sections ``(title, stem, caption)``
-    and the figure captions ``{png name: caption}``.
+    ``rows`` are the section's methods from the manifest (table order, the
+    control, a description each). Returns the written paths, the README
+    sections ``(title, stem, caption)`` and the figure captions ``{png
+    name: caption}``.
     """
     if not requested(weights_paths, preference_paths, replay_paths, quality_paths):
         raise ValueError("write_pmat_report: no PMAT inputs given")
@@ -478,8 +482,8 @@ def write_pmat_report(
         (
             "PMAT ablation",
             "pmat_ablation",
-            ablation_caption(exclude_history, significance_metric, alpha, metrics),
-            ablation_table(runs, per_user_paths, significance_metric, alpha),
+            ablation_caption(rows, exclude_history, significance_metric, alpha, metrics),
+            ablation_table(runs, per_user_paths, rows, significance_metric, alpha),
         ),
         ("PMAT drift-triggered updates", "pmat_updates", UPDATES_CAPTION, updates_table(replays)),
         ("PMAT preference recovery", "pmat_preference", preference_caption(prefs), preference_table(prefs)),

@@ -6,7 +6,7 @@ against their contracts on read) and written three ways by
 LaTeX for the thesis.
 
 Where a run comes from is read off its path, which the workflow fixes
-(STYLE.md 6): ``results/evaluate/{dataset}/{model}/seed{seed}/metrics.parquet``
+``results/evaluate/{dataset}/{model}/seed{seed}/metrics.parquet``
 and ``results/tokenize/{dataset}/{tokenizer}/quality.parquet``. A path of
 another shape fails loudly rather than being guessed at.
 """
@@ -17,6 +17,7 @@ import logging
 import os
 import re
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +38,7 @@ LOWER_IS_BETTER = {"invalid_id_rate"}
 WHOLE_ID_METRICS = ["collision_rate", "uniqueness_before_dedup", "uniqueness", "max_dedup_index"]
 
 # Number format of the main table: four decimals is the field's convention
-# (THESIS.md section 8) and enough to tell models apart on these datasets.
+# (docs/METHOD.md section 8) and enough to tell models apart on these datasets.
 DECIMALS = 4
 
 PM = "±"
@@ -45,6 +46,52 @@ PM = "±"
 _RUN_PATH = r"(?:^|/)results/{stage}/(?P<dataset>[^/]+)/(?P<model>[^/]+)/seed(?P<seed>\d+)/{filename}$"
 _TOKENIZER_PATH = re.compile(r"(?:^|/)results/tokenize/(?P<dataset>[^/]+)/(?P<tokenizer>[^/]+)/quality\.parquet$")
 _METRIC_NAME = re.compile(r"^(?P<name>Recall|NDCG|MRR)@(?P<k>\d+)$")
+
+
+# --------------------------------------------------------------------------- rows
+
+
+@dataclass(frozen=True)
+class SectionRows:
+    """The methods of one report section, as the manifest describes them.
+
+    ``methods`` in table order (the registry's), ``control`` the one every
+    other row is tested against (None when the section has none),
+    ``descriptions`` a clause per method for captions, ``losses`` the loss
+    terms a method trains with, where its options name them (MCRL).
+    """
+
+    methods: tuple[str, ...]
+    control: str | None = None
+    descriptions: dict = field(default_factory=dict)
+    losses: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_manifest(cls, manifest: list[dict], section: str) -> SectionRows:
+        """The rows of ``section`` from the entries that carry a ``method``."""
+        entries = [e for e in manifest if "method" in e and section in e.get("sections", ())]
+        methods = tuple(dict.fromkeys(e["method"] for e in entries))
+        first = {m: next(e for e in entries if e["method"] == m) for m in methods}
+        controls = [m for m in methods if first[m].get("role") == "control"]
+        if len(controls) > 1:
+            raise ValueError(f"report section {section}: more than one control {controls}; the manifest must name one")
+        return cls(
+            methods=methods,
+            control=controls[0] if controls else None,
+            descriptions={m: first[m].get("description") or first[m].get("label", m) for m in methods},
+            losses={m: tuple(first[m].get("options", {}).get("losses", ())) for m in methods},
+        )
+
+    def losses_label(self, method: str) -> str:
+        """The loss terms of ``method``, e.g. ``L_user + L_intra``; ``none`` for none."""
+        return " + ".join(f"L_{term}" for term in self.losses.get(method, ())) or "none"
+
+    def order(self, frame: pd.DataFrame, column: str = "model") -> pd.DataFrame:
+        """``frame`` sorted by dataset, then by the rows' method order (not alphabetically)."""
+        rank = {m: i for i, m in enumerate(self.methods)}
+        return frame.sort_values(
+            ["dataset", column], key=lambda c: c.map(rank) if c.name == column else c, ignore_index=True
+        )
 
 
 # --------------------------------------------------------------------------- paths
@@ -96,7 +143,7 @@ def collect_runs(paths: list[str], exclude_history: bool | None = None) -> pd.Da
     ``model`` and ``seed`` come from each file's path. When
     ``exclude_history`` is given and a file's metadata records an
     ``exclude_history`` flag that differs, this fails: a table must never mix
-    protocols (THESIS.md section 2).
+    protocols (docs/METHOD.md section 2).
     """
     frames = []
     for path in _require_paths(paths, "collect_runs"):
@@ -465,7 +512,7 @@ def id_quality_table(quality_paths: list[str]) -> pd.DataFrame:
     q = collect_quality(quality_paths)
     whole = q[q["level"] == -1].pivot(index=["dataset", "tokenizer"], columns="metric", values="value")
     per_level = q[q["level"] >= 0]
-    # Utilization and entropy first (the figures THESIS.md section 3 asks for), then the rest.
+    # Utilization and entropy first (the figures docs/METHOD.md section 3 asks for), then the rest.
     first = ["utilization", "normalized_entropy"]
     level_metrics = [m for m in first if m in set(per_level["metric"])]
     level_metrics += sorted(set(per_level["metric"]) - set(first))

@@ -1,9 +1,9 @@
-"""The one training loop every neural model uses (THESIS.md section 3, "Training recipe").
+"""The one training loop every neural model uses (docs/METHOD.md section 3, "Training recipe").
 
 AdamW; learning rate warmed up linearly for ``warmup_steps`` and then decayed
 (cosine or linear) to zero at the last step of ``max_epochs``; gradient
 clipping; bf16 autocast on CUDA only; the non-finite-loss guard on every step
-(RELIABILITY.md 15); validation NDCG@10 after every epoch, early stopping with
+; validation NDCG@10 after every epoch, early stopping with
 ``patience`` and the best state kept.
 
 After every epoch a checkpoint (model, optimizer, scheduler, epoch, step,
@@ -14,7 +14,7 @@ that finds a checkpoint with the same config hash resumes after its last
 finished epoch (a kill mid-epoch loses at most that epoch). The batch order
 of epoch ``e`` depends only on ``(seed, e)`` and the RNG states are restored,
 so on a deterministic CPU run a resumed run ends exactly where an
-uninterrupted one does (RELIABILITY.md 10).
+uninterrupted one does.
 """
 
 from __future__ import annotations
@@ -25,16 +25,17 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Callable
 
 import pandas as pd
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from pmsid.train.utils import atomic_save, check_loss, rng_state, set_rng_state
+from pmsid.runtime import atomic_save, rng_state, set_rng_state
+from pmsid.train.utils import check_loss
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ class LoopConfig:
     progress: bool = True  # tqdm bar per epoch
 
     @classmethod
-    def from_cfg(cls, cfg: dict) -> "LoopConfig":
+    def from_cfg(cls, cfg: dict) -> LoopConfig:
         """The loop's keys of a model's ``cfg`` (other keys are the model's business)."""
         names = {f.name for f in fields(cls)}
         out = cls(**{k: v for k, v in cfg.items() if k in names})

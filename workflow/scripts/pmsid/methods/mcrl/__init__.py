@@ -1,4 +1,4 @@
-"""MCRL: Multimodal Contrastive Representation Learning (THESIS.md section 5).
+"""MCRL: Multimodal Contrastive Representation Learning (docs/METHOD.md section 5).
 
 - ``losses``: the ID representation (summed ID-token embeddings of the
   generator, projected), per-modality view heads, and the three InfoNCE losses

@@ -1,4 +1,4 @@
-"""How well the ID space separates items: alignment, uniformity and a t-SNE map (THESIS.md section 5).
+"""How well the ID space separates items: alignment, uniformity and a t-SNE map (docs/METHOD.md section 5).
 
 MCRL's contrastive losses should pull the ID representations of items with
 the same pseudo-label together and spread all items over the sphere. This
@@ -65,8 +65,7 @@ def _as_labels(labels, n: int, name: str = "labels") -> np.ndarray:
     arr = labels.detach().cpu().numpy() if torch.is_tensor(labels) else np.asarray(labels)
     if arr.shape != (n,) or arr.dtype.kind not in "iu":
         raise ValueError(
-            f"{name} must be an integer array of shape ({n},) (one pseudo-label per item), "
-            f"got {arr.dtype} {arr.shape}"
+            f"{name} must be an integer array of shape ({n},) (one pseudo-label per item), got {arr.dtype} {arr.shape}"
         )
     return arr.astype(np.int64)
 

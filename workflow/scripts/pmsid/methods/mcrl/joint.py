@@ -1,4 +1,4 @@
-"""MCRL's joint objective on top of the generator (THESIS.md section 5).
+"""MCRL's joint objective on top of the generator (docs/METHOD.md section 5).
 
     L_total = L_ID + lambda2 * (L_user + a * L_intra + b * L_inter)
 
@@ -24,9 +24,9 @@ of N rows (history ``(N, cap)``, target ``(N,)``, table ``(N,)``):
 theorem 3) is a function of PMAT's drift updates of the users' preference
 vectors, not of any generator parameter: it is measured by the PMAT stages
 (``pmsid.methods.pmat.stages``), and adding it to the generator's loss would
-change the logged total but no gradient. ``lambda1`` is accepted in the
-config (so the ``mcrl:`` block can be passed as is), checked (>= 0) and kept
-for the record only.
+change the logged total but no gradient. ``lambda1`` is a key of this
+module's cfg, checked (>= 0) and kept for the record only; the workflow's
+config has no key for it.
 
 Config (:data:`DEFAULTS`; an unknown key fails naming it):
     lambda2 0.1: weight of the MCRL bracket; 0 is PMAT (or TIGER) alone.
@@ -61,6 +61,7 @@ from numbers import Integral, Real
 import torch
 from torch import nn
 
+from pmsid.defaults import section_defaults
 from pmsid.methods.mcrl.losses import (
     LOSS_NAMES,
     IdRepresentation,
@@ -72,14 +73,11 @@ from pmsid.methods.mcrl.losses import (
 )
 from pmsid.models.generator import TigerGenerator
 
+# The weights, temperature and head sizes take the config schema's mcrl
+# defaults; lambda1 and terms are this module's own (see above).
 DEFAULTS = {
     "lambda1": 0.0,
-    "lambda2": 0.1,
-    "a": 1.0,
-    "b": 1.0,
-    "tau": 0.1,
-    "d_out": 64,
-    "view_hidden": None,
+    **{key: section_defaults("mcrl")[key] for key in ("lambda2", "a", "b", "tau", "d_out", "view_hidden")},
     "terms": list(LOSS_NAMES),
 }
 SCHEDULES = ("joint", "two_stage", "alternating")
@@ -320,7 +318,7 @@ class JointModel(nn.Module):
 
 
 def active_terms(schedule: str, epoch: int, step: int, stage1_epochs: int) -> set[str]:
-    """The MCRL losses on at optimizer step ``step`` of epoch ``epoch`` (THESIS.md section 5).
+    """The MCRL losses on at optimizer step ``step`` of epoch ``epoch`` (docs/METHOD.md section 5).
 
     ``epoch`` counts from 1; ``step`` is the run's global optimizer step,
     counted from 1 (the n-th update of the run; train_loop's ``state["step"]``

@@ -1,4 +1,4 @@
-"""MCRL losses: three InfoNCE losses on ID representations (THESIS.md section 5).
+"""MCRL losses: three InfoNCE losses on ID representations (docs/METHOD.md section 5).
 
 MCRL trains the generator jointly with contrastive losses on the
 representations of items' semantic IDs:
@@ -24,7 +24,7 @@ keys). With one positive per query it is exactly
   similar modality weights are pulled together and items of users with
   different preferences pushed apart. The other in-batch items are negatives.
 - ``L_intra`` (:func:`intra_modal_loss`, one modality): within the batch, items
-  with the same k-means pseudo-label of that modality (THESIS.md section 3,
+  with the same k-means pseudo-label of that modality (docs/METHOD.md section 3,
   K = 512 in MACRec) are positives of each other; an item is never its own
   positive and is left out of its own denominator. Items whose label no other
   row shares have no positive and are skipped.
@@ -304,7 +304,7 @@ def user_preference_loss(
     temperature: float,
     groups: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """L_user (THESIS.md section 5): users' context ``(B, d)`` against their next items' ID representations ``(B, d)``.
+    """L_user (docs/METHOD.md section 5): users' context ``(B, d)`` against their next items' ID representations ``(B, d)``.
 
     Row b's positive is item b, the other in-batch items its negatives. With
     ``groups (B,)`` integer (for example each user's preference prototype),
@@ -381,7 +381,7 @@ def inter_modal_loss(views: Mapping[str, torch.Tensor], temperature: float) -> t
 
 
 def mcrl_loss(components: Mapping[str, torch.Tensor], lambda2: float, a: float, b: float) -> torch.Tensor:
-    """``lambda2 * (L_user + a * L_intra + b * L_inter)`` (THESIS.md section 5).
+    """``lambda2 * (L_user + a * L_intra + b * L_inter)`` (docs/METHOD.md section 5).
 
     ``components`` maps names of ``LOSS_NAMES`` to scalar losses; a missing
     one counts as 0 (the ablations: each loss alone, each pair). A term whose

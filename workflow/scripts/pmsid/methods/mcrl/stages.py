@@ -1,14 +1,15 @@
 """MCRL's stages, from the workflow's files to :mod:`pmsid.methods.mcrl` and back.
 
-- :func:`train`: rule ``train_mcrl`` (stage 2 of the schedule on top of the
-  stage-1 generator; see :mod:`pmsid.methods.mcrl.train`).
+- :func:`train`: the generic ``train`` rule for ``mcrl_*`` (stage 2 of the
+  schedule on top of the stage-1 generator; see :mod:`pmsid.methods.mcrl.train`
+  and :mod:`pmsid.methods.mcrl.method`).
 - :func:`id_space`: rule ``mcrl_id_space`` (alignment and uniformity of the
   trained model's ID representations).
 - :func:`tsne`: rule ``mcrl_tsne`` (a 2-D map of them for the report's figure).
 
 Evaluation needs no stage of its own: an MCRL model file is a TIGER model
-file, ranked by ``pmsid.stages.evaluate_model`` exactly as its stage-1
-generator is (``pmat_full``'s replayed tables, or TIGER's single table).
+file, ranked exactly as its stage-1 generator is (``pmat_full``'s replayed
+tables, or TIGER's single table) by the generic ``evaluate`` rule.
 """
 
 from __future__ import annotations
@@ -17,12 +18,12 @@ import logging
 
 import pyarrow as pa
 
-from pmsid import stages
 from pmsid.data import contracts
+from pmsid.data.loaders import load_id_tables, load_sequences
 from pmsid.methods.mcrl import id_space as space
 from pmsid.methods.mcrl.train import read_labels, train_mcrl
-from pmsid.models import api
-from pmsid.train.utils import seed_everything
+from pmsid.runtime import seed_everything, write_json
+from pmsid.train import recipes
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +54,9 @@ def train(
     single table of ``ids``.
     """
     seed_everything(seed, deterministic)
-    seqs = stages.load_sequences(inputs["interactions"], inputs["catalogue"])
-    if "assignment" in inputs:
-        codes, tables = stages.load_personalized(inputs, seqs)
-        user_tables = tables["train"]
-    else:
-        codes, user_tables = stages.load_codes(inputs["ids"], seqs.n_items), None
+    seqs = load_sequences(inputs["interactions"], inputs["catalogue"])
+    codes, tables = load_id_tables(inputs, seqs)
+    user_tables = None if tables is None else tables["train"]
     labels = read_labels(label_paths(inputs, modalities), seqs.n_items)
     log.info(
         "mcrl_%s: %d users, %d items, modalities %s, seed %d", ablation, seqs.n_users, seqs.n_items, modalities, seed
@@ -80,18 +78,6 @@ def train(
     )
 
 
-def load_generator(model_path: str):
-    """The generator of a TIGER or MCRL model file, on the CPU in eval mode."""
-    saved = api._load(model_path, "tiger")
-    codes = saved["codes"].numpy()
-    state = dict(saved["state_dict"])
-    if state["codes"].ndim == 2:
-        state["codes"] = state["codes"][None]
-    generator = api._build_tiger(codes[None] if codes.ndim == 2 else codes, {**api.TIGER_DEFAULTS, **saved["cfg"]})
-    generator.load_state_dict(state)
-    return generator.eval()
-
-
 def tsne_schema(modalities: list[str]) -> pa.Schema:
     """results/mcrl/{dataset}/mcrl_{ablation}/seed{seed}/tsne.parquet: 2-D map and pseudo-labels per item."""
     fields = [pa.field("item_idx", pa.int32(), nullable=False)]
@@ -101,7 +87,7 @@ def tsne_schema(modalities: list[str]) -> pa.Schema:
 
 
 def _generator_and_labels(inputs: dict, modalities: list[str]):
-    generator = load_generator(inputs["model"])
+    generator = recipes.load_generator(inputs["model"])
     paths = label_paths(inputs, modalities)
     labels = {m: lab.numpy() for m, lab in read_labels(paths, generator.n_items).items()}
     return generator, labels
@@ -111,7 +97,7 @@ def id_space(inputs: dict, outputs: dict, modalities: list[str], cfg: dict, seed
     """Write the ID-space measures of one trained model (JSON): alignment per modality, uniformity."""
     generator, labels = _generator_and_labels(inputs, modalities)
     summary = space.summarize(generator, labels, max_items=cfg["max_items"], seed=seed)
-    stages.write_json(summary, outputs["summary"])
+    write_json(summary, outputs["summary"])
     log.info(
         "ID space: alignment ratio %s, uniformity %.3f, over %d tables",
         {m: round(v, 3) for m, v in summary["alignment_ratio"].items()},

@@ -1,8 +1,8 @@
 """Stage 2 of MCRL's schedules: the stage-1 generator fine-tuned under the joint objective.
 
-THESIS.md section 5 trains PMAT first and then the joint objective
+docs/METHOD.md section 5 trains PMAT first and then the joint objective
 (two-stage), or alternates the two after PMAT (alternating). Stage 1 is the
-generator the workflow already trains (``train_pmat``'s personalized
+generator the workflow already trains (the ``pmat_static`` method's personalized
 generator, or plain TIGER on a dataset without PMAT), so every ablation
 starts from the same cached model and only stage 2 runs per ablation:
 ``epochs`` epochs of
@@ -28,7 +28,7 @@ step starts; NaN for an epoch's last step, where validation runs). The rows
 of finished epochs are kept beside the loop's checkpoint, so a resumed run
 continues the same log.
 
-The saved model is a TIGER model file (``pmsid.models.api.evaluate_tiger``
+The saved model is a TIGER model file (``pmsid.methods.tiger.rank``
 evaluates it as is) plus an ``"mcrl"`` entry with the joint cfg and the
 heads' weights.
 """
@@ -50,13 +50,16 @@ import torch
 
 from pmsid.data import contracts
 from pmsid.data.sequences import Sequences, eval_samples, training_samples
+from pmsid.defaults import section_defaults
 from pmsid.evaluate.metrics import mean_metrics
+from pmsid.evaluate.ranking import history_items, ranks_in_list
 from pmsid.methods.mcrl import ABLATIONS, joint, losses
 from pmsid.methods.mcrl.joint import COMPONENT_NAMES, JointModel, active_terms, component_row
-from pmsid.models import api
 from pmsid.models.beam import beam_search_tables
+from pmsid.models.generator import build_tiger
+from pmsid.runtime import atomic_save
+from pmsid.train import recipes
 from pmsid.train.loop import LoopConfig, config_hash, train_loop
-from pmsid.train.utils import atomic_save
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +68,7 @@ SCHEDULES = ("two_stage", "alternating")
 JOINT_KEYS = ("lambda2", "a", "b", "tau", "d_out", "view_hidden")
 DEFAULTS = {
     **{key: joint.DEFAULTS[key] for key in JOINT_KEYS},
-    "schedule": "two_stage",
-    "epochs": 2,
-    "lr": 3e-4,
-    "warmup_steps": 50,
+    **{key: section_defaults("mcrl")[key] for key in ("schedule", "epochs", "lr", "warmup_steps")},
 }
 
 # results/train/{dataset}/mcrl_{ablation}/seed{seed}/loss_components.parquet
@@ -139,10 +139,10 @@ def train_mcrl(
     if ablation not in ABLATIONS:
         raise ValueError(f"unknown MCRL ablation {ablation!r}; expected one of {list(ABLATIONS)}")
     cfg = resolve_cfg(cfg)
-    saved = api._load(init_model_path, "tiger")
-    gen_cfg = {**api.TIGER_DEFAULTS, **saved["cfg"], "progress": progress}
-    codes = api._check_codes(codes, seqs.n_items)
-    user_tables = api._check_user_tables(user_tables, seqs.n_users, len(codes))
+    saved = recipes.load_model(init_model_path, "tiger")
+    gen_cfg = {**recipes.TIGER_DEFAULTS, **saved["cfg"], "progress": progress}
+    codes = recipes.check_codes(codes, seqs.n_items)
+    user_tables = recipes.check_user_tables(user_tables, seqs.n_users, len(codes))
     saved_codes = saved["codes"].numpy()
     saved_codes = saved_codes[None] if saved_codes.ndim == 2 else saved_codes
     if not np.array_equal(codes, saved_codes) or not np.array_equal(user_tables, saved["user_tables"].numpy()):
@@ -151,8 +151,8 @@ def train_mcrl(
             "ones given; retrain it or pass its own"
         )
 
-    dev = api._start(model_path, seed, gen_cfg, device)
-    generator = api._build_tiger(codes, gen_cfg)
+    dev = recipes.start(model_path, seed, gen_cfg, device)
+    generator = build_tiger(codes, gen_cfg)
     state = dict(saved["state_dict"])
     if state["codes"].ndim == 2:
         state["codes"] = state["codes"][None]
@@ -171,9 +171,9 @@ def train_mcrl(
         np.bincount(user_tables, minlength=len(codes)).tolist(),
     )
 
-    tries = api._build_tries(codes, generator.level_sizes, dev)
+    tries = recipes.build_tries(codes, generator.level_sizes, dev)
     _, hist, targets = eval_samples(seqs, "valid", gen_cfg["history_cap"])
-    exclude = api.history_items(seqs, "valid") if gen_cfg["exclude_history"] else None
+    exclude = history_items(seqs, "valid") if gen_cfg["exclude_history"] else None
     users, inputs, train_targets = training_samples(seqs, gen_cfg["history_cap"])
     data = (torch.from_numpy(inputs), torch.from_numpy(train_targets), torch.from_numpy(user_tables[users]))
     loop_cfg = LoopConfig.from_cfg(
@@ -185,7 +185,7 @@ def train_mcrl(
             "patience": cfg["epochs"],  # every stage-2 epoch runs; the best one is kept
         }
     )
-    run_key = api._run_key("mcrl", {"generator": gen_cfg, "mcrl": cfg, "ablation": ablation}, seed, seqs, codes)
+    run_key = recipes.training_key("mcrl", {"generator": gen_cfg, "mcrl": cfg, "ablation": ablation}, seed, seqs, codes)
     run_key.update(
         user_tables=hashlib.sha256(user_tables.tobytes()).hexdigest(),
         init=hashlib.sha256(Path(init_model_path).read_bytes()).hexdigest(),
@@ -208,7 +208,7 @@ def train_mcrl(
         result = beam_search_tables(
             m.generator, tries, hist, user_tables, gen_cfg["beam_size"], exclude, gen_cfg["eval_batch_size"]
         )
-        return mean_metrics(api.ranks_in_list(result.items, targets), [10])["NDCG@10"]
+        return mean_metrics(ranks_in_list(result.items, targets), [10])["NDCG@10"]
 
     name = f"mcrl_{ablation}"
     log.info("%s: %d training samples, %d steps per epoch", name, len(train_targets), steps_per_epoch)

@@ -1,4 +1,4 @@
-"""PMAT: Personalized Multimodal Adaptive Tokenizer (THESIS.md section 4).
+"""PMAT: Personalized Multimodal Adaptive Tokenizer (docs/METHOD.md section 4).
 
 - ``attention``: the user-modality preference network, weights alpha_u on the
   simplex over M >= 2 modalities, trained with a next-item contrastive loss.

@@ -1,4 +1,4 @@
-"""PMAT Module 1: the user-modality preference network (THESIS.md section 4).
+"""PMAT Module 1: the user-modality preference network (docs/METHOD.md section 4).
 
 Every item ``i`` has one raw feature vector per modality (text, image, audio,
 ...; any number ``M >= 2``). The network
@@ -45,32 +45,25 @@ from tqdm.auto import tqdm
 
 from pmsid.data.contracts import check_finite
 from pmsid.data.sequences import PAD, Sequences, eval_samples, pad_left, training_samples
-from pmsid.train.utils import check_loss, resolve_device, seed_everything
+from pmsid.defaults import section_defaults
+from pmsid.runtime import resolve_device, seed_everything
+from pmsid.train.utils import check_loss
 
 log = logging.getLogger(__name__)
 
-# Configuration of train_modality_attention; every key, its default and meaning.
+# Configuration of train_modality_attention: the config's pmat.attention keys
+# take the schema's defaults (d, hidden, epochs, max_samples_per_epoch,
+# batch_size, lr, projector_lr, temperature, patience); the rest are this
+# module's own settings. Why projector_lr is a tenth of lr: projections that
+# move fast absorb the modalities' relevance globally and leave alpha little
+# to do (on the synthetic data, projector_lr = lr gave the same ranking of
+# users but a 5x smaller spread of alpha), and slow ones stay near the
+# neighbourhood-preserving init.
 DEFAULTS = {
-    "d": 64,  # shared dimension of the projected features f_m(i)
-    "hidden": 32,  # width of the modality scorer's hidden layer
-    "epochs": 20,  # maximum passes over the training prefixes
-    # Training prefixes drawn (without replacement, afresh every epoch) per
-    # epoch; None = all of them. Bounds the cost on long-history datasets
-    # (ml-100k has 96k prefixes, the synthetic data 7.6k).
-    "max_samples_per_epoch": None,
-    "batch_size": 256,  # training prefixes per step; the other targets are the negatives
-    "lr": 3e-3,  # AdamW learning rate of the attention network
-    # AdamW learning rate of the projections (0 freezes them at their init). A
-    # tenth of ``lr``: projections that move fast absorb the modalities'
-    # relevance globally and leave alpha little to do (on the synthetic data,
-    # projector_lr = lr gave the same ranking of users but a 5x smaller spread
-    # of alpha), and slow ones stay near the neighbourhood-preserving init.
-    "projector_lr": 3e-4,
+    **section_defaults("pmat", "attention"),
     "weight_decay": 0.01,  # AdamW weight decay
-    "temperature": 0.1,  # tau of the next-item InfoNCE
     "alpha_temperature": 1.0,  # T of softmax(score / T) over modalities; higher = flatter alpha
-    "history_cap": 20,  # most recent history items the network reads
-    "patience": 2,  # epochs without a lower validation InfoNCE before stopping
+    "history_cap": section_defaults("protocol")["history_cap"],  # most recent history items the network reads
     "init": "pca",  # projection init: "pca" (per-modality PCA) or "orthogonal"
     "grad_clip": 1.0,  # max global gradient norm; 0 disables clipping
     "progress": True,  # tqdm bar per epoch
@@ -105,7 +98,7 @@ class ModalityProjector(nn.Module):
             nn.init.zeros_(lin.bias)
 
     @torch.no_grad()
-    def init_pca(self, features: list[np.ndarray]) -> "ModalityProjector":
+    def init_pca(self, features: list[np.ndarray]) -> ModalityProjector:
         """Set each map to the PCA of ``features[m]`` (N, dims[m]); returns self."""
         for m, (lin, x) in enumerate(zip(self.proj, features)):
             x = np.asarray(x, dtype=np.float64)
@@ -170,7 +163,7 @@ class UserModalityAttention(nn.Module):
         self.register_buffer("coherence_std", torch.ones(n_modalities))
 
     @torch.no_grad()
-    def calibrate(self, hist: torch.Tensor, mask: torch.Tensor) -> "UserModalityAttention":
+    def calibrate(self, hist: torch.Tensor, mask: torch.Tensor) -> UserModalityAttention:
         """Set the coherence standardization from histories ``(B, H, M, d)``, ``mask (B, H)``; returns self."""
         _, c = self.summaries(hist, mask)
         c = c[mask.sum(dim=1) >= 2]  # coherence is defined from two items on
@@ -210,7 +203,7 @@ class UserModalityAttention(nn.Module):
 
 
 def fuse(features: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
-    """``h_i^u = sum_m alpha_{u,m} f_m(i)`` (THESIS.md section 4, Module 1).
+    """``h_i^u = sum_m alpha_{u,m} f_m(i)`` (docs/METHOD.md section 4, Module 1).
 
     ``features (..., M, d)``, ``alpha (..., M)`` (broadcastable) -> ``(..., d)``.
     Not re-normalized: the thesis quantizes ``h`` as it is (norm <= 1).
@@ -307,7 +300,7 @@ class AttentionBundle:
         }
 
     @classmethod
-    def from_state(cls, state: dict) -> "AttentionBundle":
+    def from_state(cls, state: dict) -> AttentionBundle:
         cfg = state["cfg"]
         projector = ModalityProjector(state["dims"], cfg["d"])
         attention = UserModalityAttention(len(state["dims"]), cfg["d"], cfg["hidden"], cfg["alpha_temperature"])

@@ -1,4 +1,4 @@
-"""PMAT Module 2: interest-drift-triggered updates (THESIS.md section 4; seeds/000 theorems 2, 3).
+"""PMAT Module 2: interest-drift-triggered updates (docs/METHOD.md section 4, Properties 2 and 3).
 
 A user's interest is tracked twice, long-term (the whole history so far) and
 short-term (the last W interactions). When the two part, the user's semantic
@@ -39,7 +39,7 @@ long history has a large drift. Histories of at most W items have
 **The gate** (:class:`DriftGate`) is
 ``g(d) = lambda_max * (1 - exp(-sharpness * (d - theta)))`` for ``d > theta``
 and 0 otherwise: monotone non-decreasing, continuous at theta, never above
-lambda_max. Theorem 2 of seeds/000 states the bound with
+lambda_max. Property 2 of docs/METHOD.md section 4 states the bound with
 ``lambda_max = g(theta)`` for drifts below theta; with this gate that case is
 "no movement at all" (``g(theta) = 0``), and above theta the bound holds with
 the gate's cap ``lambda_max`` because ``||h_{t+1} - h_t|| = lambda
@@ -285,7 +285,7 @@ def consistency_loss(
     or a (B,) tensor in [0, 1]; ``negatives`` (K, d) shared by the batch,
     (B, K, d) per row, or None for in-batch negatives (row b's positive is
     ``interest[b]``, the other rows' interests are its negatives; needs
-    B >= 2). InfoNCE (seeds/000 theorem 4) uses cosine similarity over
+    B >= 2). InfoNCE (docs/METHOD.md section 5) uses cosine similarity over
     ``temperature``:
     ``-log exp(s+ / tau) / (exp(s+ / tau) + sum_k exp(s_k- / tau))``.
 

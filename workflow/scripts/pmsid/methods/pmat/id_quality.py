@@ -1,4 +1,4 @@
-"""ID-quality measures of PMAT's personalized IDs (THESIS.md section 4, seeds/001).
+"""ID-quality measures of PMAT's personalized IDs (docs/METHOD.md section 4).
 
 Personalized IDs come as P tables ``ids`` (P, N, D) over the same N items
 (one per preference prototype, see prototypes.py), D = L codebook levels +
@@ -9,7 +9,7 @@ one dedup token. Three measures:
   random pairs?
 - personalization discrimination: how far apart one item's IDs are across
   tables, and whether that distance grows with the distance of the tables'
-  weights (Theorem 1 of seeds/000).
+  weights (Property 1 of docs/METHOD.md section 4).
 
 Figures come back in the long form of ``contracts.ID_QUALITY`` (metric,
 level, value; level -1 = the whole ID, level l = the prefix c_0..c_l), with a
@@ -99,7 +99,7 @@ def semantic_consistency(
     n_random_pairs: int | None = 100_000,
     seed: int | None = 0,
 ) -> dict:
-    """Similarity of items that share an ID prefix vs random pairs (seeds/001).
+    """Similarity of items that share an ID prefix vs random pairs (docs/METHOD.md section 4).
 
     With x_i the fused feature of item i (the table's h_i^u), cos(i, j) the
     cosine similarity, and G_g the groups of items whose first ``prefix_len``
@@ -252,7 +252,7 @@ def personalization_discrimination(
     ``id_distance`` leaves the dedup token out: it numbers items within a
     collision group in index order, so it says nothing about the item's
     features and would blur the comparison; the variant with it is
-    reported next to it. Theorem 1 (seeds/000): ID distance grows with
+    reported next to it. Property 1 (docs/METHOD.md section 4): ID distance grows with
     weight distance. Tested by Spearman's rho between id_distance and
     weight_distance across the P (P - 1) / 2 pairs, with scipy's one-sided
     p-value (alternative "greater", as the claim is directional; it treats

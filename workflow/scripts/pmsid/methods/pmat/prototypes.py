@@ -1,4 +1,4 @@
-"""PMAT personalized semantic IDs through preference prototypes (THESIS.md section 4).
+"""PMAT personalized semantic IDs through preference prototypes (docs/METHOD.md section 4).
 
 Module 1 of PMAT gives every user u modality weights alpha_u on the simplex
 over the M modalities, and every item i per-modality features f_m(i),
@@ -117,7 +117,7 @@ def _fuse(features: list[np.ndarray], weights: np.ndarray) -> np.ndarray:
 
 
 def fuse_weighted(features: list[np.ndarray], weights: np.ndarray) -> np.ndarray:
-    """Personalized fusion eq. (THESIS.md section 4): h = sum_m w_m f_m.
+    """Personalized fusion eq. (docs/METHOD.md section 4): h = sum_m w_m f_m.
 
     ``features``: M matrices f_m of shape (N, d), already projected to a shared
     d and L2-normalized. ``weights``: (M,) on the simplex (non-negative, sum 1
@@ -172,7 +172,7 @@ def cluster_prototypes(
     if isinstance(P, bool) or not isinstance(P, (int, np.integer)) or P < 1:
         raise ValueError(f"P (the number of prototypes) must be an integer >= 1; got {P!r}")
     n_distinct = len(np.unique(alphas, axis=0))
-    if P > n_distinct:
+    if n_distinct < P:
         raise ValueError(
             f"P = {P} prototypes exceed the {n_distinct} distinct user weight vector(s) in alphas; "
             f"choose P <= {n_distinct} (k-means cannot fill more clusters than distinct points)"
@@ -328,7 +328,7 @@ class PersonalizedTokenizer:
         _check_simplex(w, "prototype_weights")
         return feats, w
 
-    def fit(self, features: list[np.ndarray], prototype_weights: np.ndarray) -> "PersonalizedTokenizer":
+    def fit(self, features: list[np.ndarray], prototype_weights: np.ndarray) -> PersonalizedTokenizer:
         """Fit the shared codebooks on the fused rows of all P tables."""
         feats, w = self._inputs(features, prototype_weights)
         n_items = len(feats[0])

@@ -14,9 +14,9 @@ Three rules per (dataset, seed), each a function here (the scripts in
    held-out interactions in time order, the table each user decodes under at
    validation and test, update statistics, theorem 2's bound.
 
-The generator then trains and ranks under these tables (``pmsid.stages``,
-models ``pmat_global``, ``pmat_personalized``; evaluations ``pmat_global``,
-``pmat_static``, ``pmat_full``).
+The generator then trains and ranks under these tables as the registered
+methods ``pmat_global``, ``pmat_static`` and ``pmat_full``
+(``pmsid.methods.registry``).
 """
 
 from __future__ import annotations
@@ -31,9 +31,10 @@ import torch
 from scipy.stats import spearmanr
 
 from pmsid.data import contracts
+from pmsid.data.loaders import load_sequences, read_assignment
 from pmsid.methods.pmat import attention as att
 from pmsid.methods.pmat import drift, id_quality, prototypes
-from pmsid.stages import load_sequences, write_json
+from pmsid.runtime import write_json
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +189,7 @@ def tokenize(
     f = att.project_features(bundle, features)
     alphas = att.user_weights(bundle, features, seqs, "train")
     P = 1 if variant == "global" else int(n_prototypes)
-    if P > seqs.n_users:
+    if seqs.n_users < P:
         raise ValueError(f"config: pmat.prototypes = {P} exceeds the dataset's {seqs.n_users} users; lower it")
     weights, assignment = prototypes.cluster_prototypes(alphas, P, seed=tokenizer["seed"])
     tok = prototypes.PersonalizedTokenizer(
@@ -234,18 +235,6 @@ def _write_assignment(per_split: dict, path: str) -> None:
         for split, a in per_split.items()
     ]
     contracts.write_table(pd.concat(frames, ignore_index=True), path, contracts.ASSIGNMENT)
-
-
-def read_assignment(path: str, n_users: int) -> dict[str, np.ndarray]:
-    """``{split: (U,) prototype}`` from an assignment file, every user present once per split."""
-    frame = contracts.read_table(path, contracts.ASSIGNMENT)
-    out = {}
-    for split in SPLITS:
-        rows = frame[frame["split"] == split].sort_values("user_idx")
-        if not np.array_equal(rows["user_idx"].to_numpy(), np.arange(n_users)):
-            raise ValueError(f"{path}: split {split!r} must list user_idx 0..{n_users - 1} once each")
-        out[split] = rows["prototype"].to_numpy(np.int64)
-    return out
 
 
 def _quality(ids: np.ndarray, weights: np.ndarray, f: list[np.ndarray], codebook_size: int) -> pd.DataFrame:

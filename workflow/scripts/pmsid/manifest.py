@@ -1,0 +1,212 @@
+"""The files the generic rules and the report read, from the method registry.
+
+The workflow calls these at parse time with ``patterns``: the output path
+patterns of its rules (``rules.<rule>.output.<name>``, with wildcards such as
+``{dataset}``, ``{method}``, ``{seed}``), so that every path is written once,
+in the rule that makes it. Standard library only (no torch, no pandas).
+
+- :func:`method_inputs`: the named inputs of a method's train or evaluate job;
+- :func:`report_manifest`: every result file the report reads, each with its
+  metadata (``kind``, ``dataset``, ``method``, ``seed``, the report
+  ``sections`` it belongs to, ``label``, ``description``, ``role``,
+  ``options``);
+- :func:`report_sections`: the report's tables and figures per section.
+"""
+
+from __future__ import annotations
+
+from pmsid.methods import registry
+
+# The patterns the functions below read, by name.
+PATTERNS = (
+    "interactions",  # prepare_dataset: {dataset}
+    "catalogue",
+    "stats",
+    "images",  # resolve_images: {dataset}
+    "rqkmeans_ids",  # rqkmeans_ids: {dataset}
+    "rqkmeans_quality",
+    "pseudolabels",  # pseudolabels: {dataset}, {modality}
+    "pmat_ids",  # pmat_ids: {dataset}, {variant}, {seed}
+    "pmat_assignment",
+    "pmat_quality",
+    "pmat_weights",  # pmat_attention: {dataset}, {seed}
+    "pmat_preference",
+    "pmat_replay",  # pmat_replay: {dataset}, {seed}
+    "pmat_replay_assignment",
+    "model",  # train: {dataset}, {method}, {seed}
+    "train_log",
+    "extras",
+    "ranking",  # evaluate: {dataset}, {method}, {seed}
+    "per_user",
+    "metrics",
+    "mcrl_id_space",  # mcrl_id_space / mcrl_tsne: {dataset}, {method}, {seed}
+    "mcrl_tsne",
+)
+MCRL_COMPONENTS = "loss_components.parquet"  # in an MCRL train job's extras folder
+
+
+def _check_patterns(patterns: dict) -> None:
+    missing = [name for name in PATTERNS if name not in patterns]
+    if missing:
+        raise ValueError(f"manifest: no path pattern for {missing}; the workflow passes one per name in PATTERNS")
+
+
+def pseudolabel_inputs(config: dict, dataset: str, patterns: dict) -> dict[str, str]:
+    """``labels_{modality}`` -> the pseudo-label file of every modality of ``dataset``."""
+    return {
+        f"labels_{m}": patterns["pseudolabels"].format(dataset=dataset, modality=m)
+        for m in config["dataset_specs"][dataset]["modalities"]
+    }
+
+
+def need_inputs(config: dict, need: str, dataset: str, seed, patterns: dict) -> dict[str, str]:
+    """The named input files of one need (:data:`pmsid.methods.registry.NEEDS`)."""
+    where = {"dataset": dataset, "seed": seed}
+    if need == "rqkmeans_ids":
+        return {"ids": patterns["rqkmeans_ids"].format(dataset=dataset)}
+    if need in ("pmat_global_tables", "pmat_personalized_tables"):
+        variant = need.split("_")[1]
+        return {
+            "ids": patterns["pmat_ids"].format(variant=variant, **where),
+            "assignment": patterns["pmat_assignment"].format(variant=variant, **where),
+        }
+    if need == "pmat_replayed_tables":
+        return {
+            "ids": patterns["pmat_ids"].format(variant="personalized", **where),
+            "assignment": patterns["pmat_replay_assignment"].format(**where),
+        }
+    if need == "pseudolabels":
+        return pseudolabel_inputs(config, dataset, patterns)
+    if need.startswith("model:"):
+        return {"init": patterns["model"].format(method=need.removeprefix("model:"), **where)}
+    raise ValueError(f"unknown need {need!r}; needs are {list(registry.NEEDS)}")
+
+
+def method_inputs(config: dict, method: str, dataset: str, seed, stage: str, patterns: dict) -> dict[str, str]:
+    """Inputs of the generic ``train`` or ``evaluate`` job: the dataset's
+    tables, what the method's needs name, and (evaluate) the model it ranks
+    with (its own, or that of ``model_from``)."""
+    _check_patterns(patterns)
+    if stage not in ("train", "evaluate"):
+        raise ValueError(f"stage must be 'train' or 'evaluate', got {stage!r}")
+    spec = registry.get(method)
+    files = {
+        "interactions": patterns["interactions"].format(dataset=dataset),
+        "catalogue": patterns["catalogue"].format(dataset=dataset),
+    }
+    needs = spec.train_needs if stage == "train" else spec.rank_needs
+    for need in needs(config, dataset):
+        files.update(need_inputs(config, need, dataset, seed, patterns))
+    if stage == "evaluate":
+        owner = spec.model_from or spec.name
+        files["model"] = patterns["model"].format(dataset=dataset, method=owner, seed=seed)
+    return files
+
+
+def method_entry(spec: registry.MethodSpec) -> dict:
+    """The metadata a manifest entry carries for a method's file."""
+    return {
+        "method": spec.name,
+        "label": spec.label,
+        "description": spec.description or spec.label,
+        "role": spec.role,
+        "sections": list(spec.sections),
+        "options": dict(spec.options),
+    }
+
+
+def _tsne_runs(runs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The MCRL runs the t-SNE figure shows: the ablations none and all (or
+    the first and last one that runs)."""
+    mcrl = [(d, m) for d, m in runs if "mcrl" in registry.get(m).sections]
+    names = list(dict.fromkeys(m for _, m in mcrl))
+    shown = [m for m in names if registry.get(m).options.get("ablation") in ("none", "all")]
+    shown = shown or list(dict.fromkeys(names[:1] + names[-1:]))
+    return [(d, m) for d, m in mcrl if m in shown]
+
+
+def report_manifest(config: dict, patterns: dict) -> list[dict]:
+    """Every result file the report reads, with its metadata, in registry order."""
+    _check_patterns(patterns)
+    runs = registry.runs(config)
+    seeds = config["seeds"]
+    entries = []
+
+    def add(kind: str, path: str, **meta) -> None:
+        entries.append({"kind": kind, "path": path, **meta})
+
+    for d, m in runs:
+        spec = registry.get(m)
+        for s in seeds:
+            where = {"dataset": d, "method": m, "seed": s}
+            meta = {"dataset": d, "seed": s, **method_entry(spec)}
+            for kind in ("metrics", "per_user", "ranking"):
+                add(kind, patterns[kind].format(**where), **meta)
+            if spec.trains and spec.iterative:
+                add("train_log", patterns["train_log"].format(**where), **meta)
+            if "mcrl" in spec.sections:
+                add("components", f"{patterns['extras'].format(**where)}/{MCRL_COMPONENTS}", **meta)
+                add("id_space", patterns["mcrl_id_space"].format(**where), **meta)
+    for d, m in _tsne_runs(runs):
+        add(
+            "tsne",
+            patterns["mcrl_tsne"].format(dataset=d, method=m, seed=seeds[0]),
+            dataset=d,
+            seed=seeds[0],
+            **method_entry(registry.get(m)),
+        )
+    for d in config["datasets"]:
+        add("dataset_stats", patterns["stats"].format(dataset=d), dataset=d)
+        if "image" in config["dataset_specs"][d]["modalities"]:
+            add("dataset_images", patterns["images"].format(dataset=d), dataset=d)
+        add("quality", patterns["rqkmeans_quality"].format(dataset=d), dataset=d)
+    for d in config["pmat"]["datasets"]:
+        for s in seeds:
+            for kind in ("pmat_weights", "pmat_preference", "pmat_replay"):
+                add(kind, patterns[kind].format(dataset=d, seed=s), dataset=d, seed=s)
+            for variant in ("global", "personalized"):
+                add(
+                    "pmat_quality",
+                    patterns["pmat_quality"].format(dataset=d, seed=s, variant=variant),
+                    dataset=d,
+                    seed=s,
+                )
+    return entries
+
+
+def report_inputs(manifest: list[dict]) -> list[str]:
+    """The report job's input files: every manifest path, MCRL's loss
+    components through their train job's extras folder (the declared output)."""
+    paths = []
+    for entry in manifest:
+        path = entry["path"]
+        if entry["kind"] == "components":
+            path = path.removesuffix(f"/{MCRL_COMPONENTS}")
+        paths.append(path)
+    return list(dict.fromkeys(paths))
+
+
+def report_baseline(config: dict) -> str:
+    """The method the main significance table tests against: the first
+    ``baseline`` of the main comparison that runs (registry order: SASRec
+    before TIGER), else the first method of the main comparison."""
+    main = [m for _, m in registry.runs(config) if "main" in registry.get(m).sections]
+    if not main:
+        raise ValueError("config: no method of the main comparison runs; list one in `methods:`")
+    baselines = [m for m in main if registry.get(m).role == "baseline"]
+    return (baselines or main)[0]
+
+
+def report_sections(config: dict) -> list[tuple[str, list[str], list[str]]]:
+    """``(category, table stems, figure stems)`` of every report section the config produces."""
+    sections = [
+        ("Tables", ["datasets", "main_comparison", "significance", "id_quality"], []),
+        ("Figures", [], ["codebook_utilization", "training_curves", "metric_comparison"]),
+    ]
+    present = {section for _, m in registry.runs(config) for section in registry.get(m).sections}
+    if "pmat" in present:
+        tables = ["pmat_ablation", "pmat_updates", "pmat_preference", "pmat_id_quality"]
+        sections.append(("PMAT", tables, ["pmat_weights", "pmat_semantic_consistency"]))
+    if "mcrl" in present:
+        sections.append(("MCRL", ["mcrl_ablation", "mcrl_id_space", "mcrl_cost"], ["mcrl_loss_curves", "mcrl_tsne"]))
+    return sections

@@ -1,0 +1,248 @@
+"""The registry of methods: what each needs, how it trains, how it ranks.
+
+A method is a :class:`MethodSpec` here plus a module that implements it. The
+workflow's generic ``train`` and ``evaluate`` rules read the spec (at parse
+time, so this module imports neither torch nor pandas) and call the module's
+two functions (:mod:`pmsid.methods.run`):
+
+- ``train(job: TrainJob) -> None`` writes ``job.outputs["model"]`` and
+  ``job.outputs["log"]`` (contract TRAIN_LOG; no rows for a method without
+  epochs), and may write more files into ``job.outputs["extras"]``, a folder;
+- ``rank(job: RankJob) -> {"valid": Ranking, "test": Ranking}``: the top-K
+  items of every user (``pmsid.evaluate.ranking.Ranking``), optionally with
+  the user's history excluded. The evaluation computes every metric from
+  those lists, the same way for every method.
+
+What a method needs upstream is named by *needs* (:data:`NEEDS`), which the
+workflow turns into input files: ``rqkmeans_ids`` (one ID table),
+``pmat_global_tables`` / ``pmat_personalized_tables`` (PMAT's ID tables and
+each user's table at training time), ``pmat_replayed_tables`` (the tables
+after the drift-triggered updates), ``pseudolabels`` (one k-means label file
+per modality, inputs ``labels_{modality}``) and ``model:<method>`` (another
+method's trained model, input ``init``).
+
+Adding a method: its module, one :class:`MethodSpec` in ``_SPECS`` below
+(from which :data:`METHODS` is built), its name in the config's ``methods:``
+list, and its tests.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from pmsid.methods.mcrl import ABLATIONS as MCRL_ABLATIONS
+
+# The kinds of upstream files a method may need; anything else is a typo.
+NEEDS = (
+    "rqkmeans_ids",
+    "pmat_global_tables",
+    "pmat_personalized_tables",
+    "pmat_replayed_tables",
+    "pseudolabels",
+    "model:",  # prefix: model:<method>
+)
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """One method of the thesis or a baseline.
+
+    ``module`` implements ``train`` and ``rank``. ``hyper`` names the config
+    section of its hyperparameters (``hyper_skip`` lists that section's keys
+    that select runs rather than configure training). ``model_from`` names
+    the method whose trained model this one ranks with, for a variant that
+    differs only at ranking time (it then has no training of its own).
+    ``datasets(config)`` lists the datasets it runs on; ``train_needs`` and
+    ``rank_needs`` ``(config, dataset)`` the needs of each stage. ``sections``
+    are the report sections its results appear in; ``role`` is ``floor``,
+    ``baseline``, ``ours`` or ``control`` (the row an ablation is tested
+    against). ``options`` are fixed settings passed to the module (for
+    example MCRL's ablation); ``description`` says in a clause what the
+    method is, for the report's captions.
+    """
+
+    name: str
+    label: str
+    module: str
+    datasets: Callable[[dict], list[str]]
+    sections: tuple[str, ...] = ("main",)
+    role: str = "baseline"
+    hyper: str | None = None
+    hyper_skip: tuple[str, ...] = ()
+    model_from: str | None = None
+    iterative: bool = True
+    train_needs: Callable[[dict, str], tuple[str, ...]] = lambda config, dataset: ()
+    rank_needs: Callable[[dict, str], tuple[str, ...]] = lambda config, dataset: ()
+    options: dict = field(default_factory=dict)
+    description: str = ""  # one clause for report captions; the label when empty
+
+    @property
+    def trains(self) -> bool:
+        """Whether the method has a training job of its own."""
+        return self.model_from is None
+
+
+def _listed(name: str) -> Callable[[dict], list[str]]:
+    """Runs on every dataset when ``name`` is in the config's ``methods``."""
+    return lambda config: list(config["datasets"]) if name in config["methods"] else []
+
+
+def _pmat_datasets(config: dict) -> list[str]:
+    return list(config["pmat"]["datasets"])
+
+
+def _mcrl_datasets(ablation: str) -> Callable[[dict], list[str]]:
+    return lambda config: list(config["mcrl"]["datasets"]) if ablation in config["mcrl"]["ablations"] else []
+
+
+def mcrl_base(config: dict, dataset: str) -> str:
+    """MCRL's stage-1 generator on ``dataset``: PMAT's personalized one
+    (``pmat_static``) where PMAT runs, TIGER's otherwise."""
+    return "pmat_static" if dataset in config["pmat"]["datasets"] else "tiger"
+
+
+def _mcrl_train_needs(config: dict, dataset: str) -> tuple[str, ...]:
+    base = mcrl_base(config, dataset)
+    tables = "pmat_personalized_tables" if base == "pmat_static" else "rqkmeans_ids"
+    return (tables, f"model:{base}", "pseudolabels")
+
+
+def _mcrl_rank_needs(config: dict, dataset: str) -> tuple[str, ...]:
+    # Ranked as pmat_full ranks (the tables after the drift replay), or as TIGER (its one table).
+    return ("pmat_replayed_tables",) if mcrl_base(config, dataset) == "pmat_static" else ("rqkmeans_ids",)
+
+
+def _fixed(*needs: str) -> Callable[[dict, str], tuple[str, ...]]:
+    return lambda config, dataset: needs
+
+
+_MCRL_LABELS = {"user": "L_user", "intra": "L_intra", "inter": "L_inter"}
+
+
+def _mcrl_spec(ablation: str) -> MethodSpec:
+    losses = MCRL_ABLATIONS[ablation]
+    label = (
+        "MCRL, no contrastive loss (control)" if not losses else "MCRL + " + " + ".join(_MCRL_LABELS[x] for x in losses)
+    )
+    return MethodSpec(
+        name=f"mcrl_{ablation}",
+        label=label,
+        module="pmsid.methods.mcrl.method",
+        datasets=_mcrl_datasets(ablation),
+        sections=("mcrl",),
+        role="control" if not losses else "ours",
+        hyper="mcrl",
+        hyper_skip=("datasets", "ablations", "id_space"),
+        train_needs=_mcrl_train_needs,
+        rank_needs=_mcrl_rank_needs,
+        options={"ablation": ablation, "losses": list(losses)},
+    )
+
+
+_SPECS = [
+    MethodSpec(
+        name="mostpop",
+        label="MostPop",
+        module="pmsid.methods.mostpop",
+        datasets=_listed("mostpop"),
+        role="floor",
+        iterative=False,
+    ),
+    MethodSpec(
+        name="random",
+        label="Random",
+        module="pmsid.methods.random_ranking",
+        datasets=_listed("random"),
+        role="floor",
+        iterative=False,
+    ),
+    MethodSpec(
+        name="sasrec",
+        label="SASRec",
+        module="pmsid.methods.sasrec",
+        datasets=_listed("sasrec"),
+        hyper="sasrec",
+    ),
+    MethodSpec(
+        name="tiger",
+        label="TIGER-style (RQ-KMeans IDs)",
+        module="pmsid.methods.tiger",
+        datasets=_listed("tiger"),
+        hyper="tiger",
+        train_needs=_fixed("rqkmeans_ids"),
+        rank_needs=_fixed("rqkmeans_ids"),
+    ),
+    MethodSpec(
+        name="pmat_global",
+        label="PMAT global fusion (P = 1)",
+        module="pmsid.methods.tiger",
+        datasets=_pmat_datasets,
+        sections=("main", "pmat"),
+        role="control",
+        hyper="tiger",
+        train_needs=_fixed("pmat_global_tables"),
+        rank_needs=_fixed("pmat_global_tables"),
+        description="one global fusion of the modalities (P = 1), the same IDs for every user",
+    ),
+    MethodSpec(
+        name="pmat_static",
+        label="PMAT, no updates (P prototypes)",
+        module="pmsid.methods.tiger",
+        datasets=_pmat_datasets,
+        sections=("main", "pmat"),
+        role="ours",
+        hyper="tiger",
+        train_needs=_fixed("pmat_personalized_tables"),
+        rank_needs=_fixed("pmat_personalized_tables"),
+        description="personalized IDs (one ID table per preference prototype), no updates after training",
+    ),
+    MethodSpec(
+        name="pmat_full",
+        label="PMAT full (P prototypes + drift updates)",
+        module="pmsid.methods.tiger",
+        datasets=_pmat_datasets,
+        sections=("main", "pmat"),
+        role="ours",
+        hyper="tiger",
+        model_from="pmat_static",
+        rank_needs=_fixed("pmat_replayed_tables"),
+        description="personalized IDs plus drift-triggered updates of the user's preference",
+    ),
+    *(_mcrl_spec(ablation) for ablation in MCRL_ABLATIONS),
+]
+
+METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in _SPECS}
+
+
+def get(name: str) -> MethodSpec:
+    """The spec of method ``name``; an unknown name fails listing the registered ones."""
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; registered methods: {sorted(METHODS)}")
+    return METHODS[name]
+
+
+def implementation(name: str):
+    """The module implementing method ``name`` (imported on first use: it may import torch)."""
+    return importlib.import_module(get(name).module)
+
+
+def runs(config: dict) -> list[tuple[str, str]]:
+    """Every ``(dataset, method)`` the config asks for, in registry order."""
+    return [(dataset, spec.name) for spec in _SPECS for dataset in spec.datasets(config)]
+
+
+def check_needs(config: dict) -> None:
+    """Fail naming the method when a need is not one of :data:`NEEDS` or
+    names an unregistered method."""
+    for dataset, name in runs(config):
+        spec = METHODS[name]
+        for need in (*spec.train_needs(config, dataset), *spec.rank_needs(config, dataset)):
+            other = need.removeprefix("model:") if need.startswith("model:") else None
+            if other is not None and other not in METHODS:
+                raise ValueError(f"method {name}: needs the model of unknown method {other!r}")
+            if other is None and need not in NEEDS:
+                raise ValueError(f"method {name}: unknown need {need!r}; needs are {list(NEEDS)}")
+        if spec.model_from is not None and spec.model_from not in METHODS:
+            raise ValueError(f"method {name}: model_from names unknown method {spec.model_from!r}")
