@@ -493,7 +493,7 @@ def test_expected_stats():
 # ---- the catalogue: URLs and the mirror --------------------------------------------------------
 
 # docs/METHOD.md 2.1, with {Cat} filled in.
-THESIS_URLS = {
+SPEC_URLS = {
     ("amazon2014", "Beauty"): [
         "https://snap.stanford.edu/data/amazon/productGraph/categoryFiles/reviews_Beauty_5.json.gz",
         "https://snap.stanford.edu/data/amazon/productGraph/categoryFiles/meta_Beauty.json.gz",
@@ -515,7 +515,7 @@ THESIS_URLS = {
 
 
 def test_raw_files_official_urls():
-    for (reader, cat), urls in THESIS_URLS.items():
+    for (reader, cat), urls in SPEC_URLS.items():
         files = raw_files(reader, cat)
         assert [f.url for f in files] == urls
         assert [f.filename for f in files] == [u.rsplit("/", 1)[1] for u in urls]

@@ -72,7 +72,7 @@ MOVIELENS_MD5 = {
 
 # What the standard protocol gives (keys of build_dataset's stats).
 _EXPECTED = {
-    # Amazon 2014, after dedup + 5-core: docs/METHOD.md 2.1. THESIS gives no
+    # Amazon 2014, after dedup + 5-core: docs/METHOD.md 2.1. The thesis gives no
     # interaction count for Sports and Toys; those come from S3-Rec (Zhou et
     # al., CIKM 2020), Table 1, which also lists Beauty's 198,502.
     ("amazon2014", "Beauty"): {"n_users": 22_363, "n_items": 12_101, "n_interactions": 198_502},
