@@ -26,6 +26,7 @@ include: "workflow/rules/report.smk"
 localrules:
     all,
     synthetic_dataset,
+    planted_dataset,
     report,
 
 

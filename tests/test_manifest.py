@@ -18,11 +18,13 @@ PATTERNS = {
     "catalogue": "results/data/{dataset}/items.parquet",
     "stats": "results/data/{dataset}/stats.json",
     "images": "results/data/{dataset}/images.parquet",
+    "features": "results/features/{dataset}/{modality}.parquet",
     "rqkmeans_ids": "results/tokenize/{dataset}/rqkmeans/ids.parquet",
     "rqkmeans_quality": "results/tokenize/{dataset}/rqkmeans/quality.parquet",
     "pseudolabels": "results/pseudolabels/{dataset}/{modality}.parquet",
     "pmat_ids": "results/tokenize/{dataset}/pmat_{variant}/seed{seed}/ids.parquet",
     "pmat_assignment": "results/tokenize/{dataset}/pmat_{variant}/seed{seed}/assignment.parquet",
+    "pmat_prefix_tables": "results/tokenize/{dataset}/pmat_{variant}/seed{seed}/prefix_tables.parquet",
     "pmat_quality": "results/tokenize/{dataset}/pmat_{variant}/seed{seed}/quality.parquet",
     "pmat_weights": "results/pmat/{dataset}/seed{seed}/weights.parquet",
     "pmat_preference": "results/pmat/{dataset}/seed{seed}/preference.json",
@@ -103,6 +105,13 @@ def test_sections_follow_the_runs(config):
     assert [s[0] for s in manifest.report_sections(config)] == ["Tables", "Figures", "PMAT", "MCRL"]
     config["pmat"]["datasets"], config["mcrl"]["datasets"] = [], []
     assert [s[0] for s in manifest.report_sections(config)] == ["Tables", "Figures"]
+
+
+def test_the_tiger_baseline_joins_the_pmat_table_only_where_pmat_runs(config):
+    config["pmat"]["datasets"] = ["synthetic"]
+    entries = manifest.report_manifest(config, PATTERNS)
+    tiger = {e["dataset"]: e["sections"] for e in entries if e.get("method") == "tiger" and e["kind"] == "metrics"}
+    assert tiger == {"synthetic": ["main", "pmat"], "ml-100k": ["main"], "planted-disjoint": ["main"]}
 
 
 def test_model_defaults_are_the_schemas(config):

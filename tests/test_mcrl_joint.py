@@ -12,11 +12,18 @@ from test_beam import random_codes, random_histories, random_model
 
 from pmsid.methods.mcrl.joint import (
     COMPONENT_COLUMNS,
+    ID_VIEW,
     JointModel,
     active_terms,
     component_row,
 )
-from pmsid.methods.mcrl.losses import LOSS_NAMES, intra_modal_loss_multi, mcrl_loss, user_preference_loss
+from pmsid.methods.mcrl.losses import (
+    LOSS_NAMES,
+    inter_modal_loss,
+    intra_modal_loss_multi,
+    mcrl_loss,
+    user_preference_loss,
+)
 from pmsid.train.loop import LoopConfig, train_loop
 
 torch.set_num_threads(1)
@@ -49,6 +56,25 @@ def labels(seed=0, k=3):
     return {m: torch.from_numpy(rng.integers(0, k, N_ITEMS)) for m in MODALITIES}
 
 
+def features(seed=0, modalities=MODALITIES):
+    """Raw content features per modality, of different widths and scales (MiniLM-like text, EfficientNet-like image)."""
+    rng = np.random.default_rng(seed)
+    shapes = {"text": (12, 0.05, 0.0), "image": (20, 40.0, 5.0), "audio": (6, 1.0, 0.0)}
+    out = {}
+    for m in modalities:
+        width, scale, offset = shapes[m]
+        x = rng.normal(0.0, scale, (N_ITEMS, width))
+        out[m] = torch.from_numpy(offset + (np.abs(x) if offset else x)).float()
+    return out
+
+
+def model(gen=None, cfg=ALL_ON, modalities=MODALITIES, feats=None, seed=0):
+    """A JointModel over ``gen`` with its heads initialized from ``seed``."""
+    gen = generator() if gen is None else gen
+    torch.manual_seed(seed)
+    return JointModel(gen, modalities, cfg, features(modalities=modalities) if feats is None else feats)
+
+
 def grads(module):
     return {name: None if p.grad is None else p.grad.clone() for name, p in module.named_parameters()}
 
@@ -63,7 +89,7 @@ def grads(module):
 )
 def test_no_active_mcrl_term_is_the_generator_bit_for_bit(train_mode, cfg, terms):
     gen = generator()
-    joint = JointModel(gen, MODALITIES, cfg).train(train_mode)
+    joint = model(gen, cfg).train(train_mode)
     history, target, table = batch()
 
     torch.manual_seed(5)  # same dropout masks in train mode
@@ -87,13 +113,14 @@ def test_no_active_mcrl_term_is_the_generator_bit_for_bit(train_mode, cfg, terms
     # The MCRL heads took no part.
     assert all(p.grad is None for p in joint.user_proj.parameters())
     assert all(p.grad is None for p in joint.id_repr.proj.parameters())
+    assert joint.content is None or all(p.grad is None for p in joint.content.parameters())
 
 
 @pytest.mark.parametrize("train_mode", [False, True])
 def test_id_component_with_the_encoder_shared_is_the_generator_loss(train_mode):
     # With L_user on, the encoder runs once for L_ID and the user context; L_ID must not change.
     gen = generator()
-    joint = JointModel(gen, MODALITIES, ALL_ON).train(train_mode)
+    joint = model(gen).train(train_mode)
     history, target, table = batch()
     torch.manual_seed(3)
     comps = joint.loss_components(history, target, table, labels())
@@ -107,7 +134,7 @@ def test_id_component_with_the_encoder_shared_is_the_generator_loss(train_mode):
 
 
 def test_total_is_id_plus_weighted_mcrl_terms():
-    joint = JointModel(generator(), MODALITIES, ALL_ON)
+    joint = model()
     history, target, table = batch()
     total, comps = joint.loss(history, target, table, labels())
     assert set(comps) == {"id", *LOSS_NAMES}
@@ -123,7 +150,7 @@ def _target_tokens(gen, target, table):
 
 def test_intra_and_inter_gradients_reach_exactly_the_target_tokens_under_each_rows_table():
     gen = generator()
-    joint = JointModel(gen, MODALITIES, ALL_ON)
+    joint = model(gen)
     history, target, table = batch()
     comps = joint.loss_components(history, target, table, labels(), terms={"intra", "inter"})
     assert set(comps) == {"id", "intra", "inter"}
@@ -138,7 +165,7 @@ def test_intra_and_inter_gradients_reach_exactly_the_target_tokens_under_each_ro
 
 def test_user_term_alone_reaches_the_target_token_rows():
     gen = generator()
-    joint = JointModel(gen, MODALITIES, {**ALL_ON, "terms": ["user"]})
+    joint = model(gen, {**ALL_ON, "terms": ["user"]})
     history, target, table = batch()
     comps = joint.loss_components(history, target, table)
     assert set(comps) == {"id", "user"}
@@ -150,7 +177,7 @@ def test_user_term_alone_reaches_the_target_token_rows():
 
 def test_user_context_is_the_projected_mean_over_non_padding_positions():
     gen = generator()
-    joint = JointModel(gen, MODALITIES, ALL_ON)
+    joint = model(gen)
     history, _, table = batch()
     got = joint.user_context(history, table)
     memory, pad = gen.encode(history, table)
@@ -163,7 +190,7 @@ def test_user_context_is_the_projected_mean_over_non_padding_positions():
 
 
 def test_intra_uses_the_labels_given():
-    joint = JointModel(generator(), MODALITIES, ALL_ON)
+    joint = model()
     history, target, table = batch()
     lab = labels(seed=0)
     first = joint.loss_components(history, target, table, lab, terms={"intra"})["intra"]
@@ -175,8 +202,101 @@ def test_intra_uses_the_labels_given():
     assert torch.equal(first, want)
 
 
+def test_inter_contrasts_the_id_view_with_each_modalitys_content_view():
+    joint = model()
+    history, target, table = batch()
+    got = joint.loss_components(history, target, table, terms={"inter"})["inter"]
+    content = joint.content(target)
+    for m, x in features().items():  # each view from its own modality's features, standardized per column
+        z = (x - x.mean(dim=0)) / x.std(dim=0, unbiased=False)
+        torch.testing.assert_close(content[m], joint.content.encoders[m](z[target]), atol=1e-5, rtol=1e-5)
+    views = {ID_VIEW: joint.id_repr(target, table), **content}
+    assert torch.equal(got, inter_modal_loss(views, 0.5, items=target))
+    # Three views, three pairs: id-text, id-image, text-image.
+    pairs = [inter_modal_loss({m: views[m], n: views[n]}, 0.5, items=target) for m, n in
+             [(ID_VIEW, "text"), (ID_VIEW, "image"), ("text", "image")]]  # fmt: skip
+    assert got.item() == pytest.approx(sum(p.item() for p in pairs) / 3, rel=1e-6)
+
+
+def _inter_and_grads(feats):
+    gen = generator()
+    joint = model(gen, feats=feats)
+    history, target, table = batch()
+    loss = joint.loss_components(history, target, table, terms={"inter"})["inter"]
+    loss.backward()
+    enc = {m: joint.content.encoders[m].weight.grad.clone() for m in MODALITIES}
+    return loss.detach(), enc, gen.tok_emb.weight.grad.clone()
+
+
+def test_permuting_one_modalitys_feature_rows_changes_l_inter_and_its_gradients():
+    feats = features()
+    perm = torch.from_numpy(np.roll(np.arange(N_ITEMS), 1))  # every item gets another item's image features
+    shuffled = {**feats, "image": feats["image"][perm]}
+    loss, enc, tok = _inter_and_grads(feats)
+    loss_p, enc_p, tok_p = _inter_and_grads(shuffled)
+    # The same initial weights (the standardization is per column, blind to the row order) ...
+    again, enc_again, tok_again = _inter_and_grads(feats)
+    assert torch.equal(loss, again) and torch.equal(tok, tok_again)
+    # ... but the items' image content changed: the loss, the encoders' and the token embedding's gradients move.
+    assert not torch.isclose(loss, loss_p)
+    for m in MODALITIES:
+        assert not torch.allclose(enc[m], enc_p[m]), m
+    assert tok.abs().sum() > 0 and not torch.allclose(tok, tok_p)
+
+
+def test_only_the_id_pairs_of_l_inter_reach_the_generator():
+    gen = generator()
+    joint = model(gen)
+    history, target, table = batch()
+    item = joint.id_repr(target, table)
+    content = joint.content(target)
+    text_image = inter_modal_loss(content, 0.5, items=target)
+    text_image.backward(retain_graph=True)
+    assert gen.tok_emb.weight.grad is None and joint.id_repr.proj.weight.grad is None
+    assert all(joint.content.encoders[m].weight.grad.abs().sum() > 0 for m in MODALITIES)
+
+    joint.zero_grad(set_to_none=True)
+    joint.loss_components(history, target, table, terms={"inter"})["inter"].backward()
+    full = gen.tok_emb.weight.grad.clone()
+    joint.zero_grad(set_to_none=True)
+    id_pairs = sum(inter_modal_loss({ID_VIEW: item, m: content[m]}, 0.5, items=target) for m in MODALITIES)
+    (id_pairs / 3).backward()  # the mean over the three pairs weighs each by 1/3
+    torch.testing.assert_close(full, gen.tok_emb.weight.grad, atol=1e-6, rtol=1e-5)
+
+
+def test_missing_or_mismatched_features_fail_naming_features():
+    gen = generator()
+    with pytest.raises(ValueError, match=r"features is required while L_inter is configured \(b = 2.0\)"):
+        JointModel(gen, MODALITIES, ALL_ON)
+    with pytest.raises(ValueError, match=r"features has modalities \['text'\], the dataset \['text', 'image'\]"):
+        JointModel(gen, MODALITIES, ALL_ON, {"text": features()["text"]})
+    with pytest.raises(ValueError, match=r"unexpected \['audio'\]"):
+        JointModel(gen, MODALITIES, ALL_ON, features(modalities=[*MODALITIES, "audio"]))
+    short = {**features(), "image": features()["image"][:-1]}
+    with pytest.raises(
+        ValueError, match=rf"features\['image'\] must be a floating tensor of shape \(n_items={N_ITEMS}"
+    ):
+        JointModel(gen, MODALITIES, ALL_ON, short)
+    # Checked whenever given, even while L_inter is off.
+    with pytest.raises(ValueError, match="features has modalities"):
+        JointModel(gen, MODALITIES, {**ALL_ON, "b": 0.0}, {"text": features()["text"]})
+    with pytest.raises(ValueError, match="modality name 'id' is L_inter's name for the ID view"):
+        JointModel(gen, ["id", "text"], ALL_ON, {"id": features()["text"], "text": features()["text"]})
+
+
+def test_content_features_stay_out_of_the_state_dict():
+    joint = model()
+    assert not any("features_" in key for key in joint.state_dict())
+    assert any(key.startswith("content.encoders.") for key in joint.state_dict())
+    fresh = model(seed=1)
+    fresh.load_state_dict(joint.state_dict())  # strict: the features are not expected
+    history, target, table = batch()
+    a = joint.loss_components(history, target, table, terms={"inter"})["inter"]
+    assert torch.equal(a, fresh.loss_components(history, target, table, terms={"inter"})["inter"])
+
+
 def test_missing_or_mismatched_labels_fail_naming_labels():
-    joint = JointModel(generator(), MODALITIES, ALL_ON)
+    joint = model()
     history, target, table = batch()
     with pytest.raises(ValueError, match="labels is required"):
         joint.loss(history, target, table)
@@ -189,7 +309,7 @@ def test_missing_or_mismatched_labels_fail_naming_labels():
 
 
 def test_groups_change_l_user():
-    joint = JointModel(generator(), MODALITIES, ALL_ON)
+    joint = model()
     history, target, table = batch()
 
     def user(groups):
@@ -206,7 +326,7 @@ def test_groups_change_l_user():
 
 def test_one_table_and_int_table():
     gen = generator(p_tables=1)
-    joint = JointModel(gen, MODALITIES, ALL_ON)
+    joint = model(gen)
     history, target, _ = batch(p_tables=1)
     total, comps = joint.loss(history, target, None, labels())
     assert torch.isfinite(total) and set(comps) == {"id", *LOSS_NAMES}
@@ -215,7 +335,7 @@ def test_one_table_and_int_table():
 
 
 def test_unknown_terms_fail_naming_terms():
-    joint = JointModel(generator(), MODALITIES, ALL_ON)
+    joint = model()
     history, target, table = batch()
     with pytest.raises(ValueError, match="terms holds unknown"):
         joint.loss(history, target, table, labels(), terms={"usr"})
@@ -231,7 +351,7 @@ def test_unknown_terms_fail_naming_terms():
         ({"a": -0.1}, MODALITIES, r"MCRL: a must be a finite number >= 0"),
         ({"lambda2": -1.0}, MODALITIES, r"MCRL: lambda2 must be"),
         ({"b": float("nan")}, MODALITIES, r"MCRL: b must be"),
-        ({"lambda1": -1.0}, MODALITIES, r"MCRL: lambda1 must be"),
+        ({"lambda1": 0.0}, MODALITIES, r"unknown config key\(s\) \['lambda1'\]"),
         ({"tau": 0.0}, MODALITIES, r"MCRL: tau .* must be a finite number > 0"),
         ({"tau": -0.5}, MODALITIES, r"MCRL: tau"),
         ({"b": 1.0}, ["text"], r"MCRL: b = 1.0 .*L_inter needs at least two modalities"),
@@ -242,11 +362,11 @@ def test_unknown_terms_fail_naming_terms():
 )
 def test_bad_config_fails_naming_the_key(cfg, modalities, match):
     with pytest.raises(ValueError, match=match):
-        JointModel(generator(), modalities, cfg)
+        JointModel(generator(), modalities, cfg, features(modalities=modalities))
 
 
 def test_one_modality_works_without_l_inter():
-    joint = JointModel(generator(), ["text"], {**ALL_ON, "b": 0.0})
+    joint = JointModel(generator(), ["text"], {**ALL_ON, "b": 0.0})  # no features needed without L_inter
     history, target, table = batch()
     _, comps = joint.loss(history, target, table, {"text": labels()["text"]})
     assert set(comps) == {"id", "user", "intra"}
@@ -257,20 +377,23 @@ def test_one_modality_works_without_l_inter():
 
 def test_shared_token_embedding_is_one_parameter():
     gen = generator()
-    joint = JointModel(gen, MODALITIES, ALL_ON)
+    joint = model(gen)
     params = list(joint.parameters())
     assert len({id(p) for p in params}) == len(params)
     assert joint.id_repr.tok_emb is gen.tok_emb
     assert sum(p is gen.tok_emb.weight for p in params) == 1
-    heads = [joint.id_repr.proj, joint.user_proj, joint.views]
+    heads = [joint.id_repr.proj, joint.user_proj, joint.views, joint.content]
     assert len(params) == len(list(gen.parameters())) + sum(len(list(h.parameters())) for h in heads)
 
 
 def test_views_are_built_only_when_used():
-    assert JointModel(generator(), MODALITIES, {**ALL_ON, "a": 0.0, "b": 0.0}).views is None
-    assert JointModel(generator(), MODALITIES, {**ALL_ON, "lambda2": 0.0}).views is None
-    assert JointModel(generator(), MODALITIES, {**ALL_ON, "terms": ["user"]}).views is None
-    assert JointModel(generator(), MODALITIES, {**ALL_ON, "b": 0.0}).views is not None
+    for cfg in ({**ALL_ON, "a": 0.0, "b": 0.0}, {**ALL_ON, "lambda2": 0.0}, {**ALL_ON, "terms": ["user"]}):
+        joint = model(cfg=cfg)
+        assert joint.views is None and joint.content is None, cfg
+    intra_only = model(cfg={**ALL_ON, "b": 0.0})
+    assert intra_only.views is not None and intra_only.content is None
+    inter_only = model(cfg={**ALL_ON, "a": 0.0})
+    assert inter_only.views is None and inter_only.content is not None
 
 
 # --- schedules -----------------------------------------------------------------------------
@@ -324,7 +447,7 @@ def test_component_row_fills_absent_components_with_nan():
 
 def test_joint_model_trains_in_train_loop_with_a_schedule(tmp_path):
     gen = generator()
-    joint = JointModel(gen, MODALITIES, ALL_ON)
+    joint = model(gen)
     rng = np.random.default_rng(0)
     n = 48
     data = (

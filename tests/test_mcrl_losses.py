@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from pmsid.methods.mcrl.losses import (
     LOSS_NAMES,
+    ContentViews,
     IdRepresentation,
     ModalityViews,
     info_nce,
@@ -17,6 +18,7 @@ from pmsid.methods.mcrl.losses import (
     intra_modal_loss,
     intra_modal_loss_multi,
     mcrl_loss,
+    standardize,
     user_preference_loss,
 )
 from pmsid.models.generator import TigerGenerator
@@ -278,11 +280,74 @@ def test_inter_loss_is_symmetric_and_averages_both_directions():
     assert got.item() == pytest.approx((x_to_y + y_to_x) / 2, rel=1e-5)
 
 
-def test_inter_loss_is_minimal_when_views_of_an_item_coincide():
+def test_inter_loss_of_aligned_orthonormal_views_is_the_closed_form_and_a_shift_costs():
     e = torch.eye(6)
     aligned = inter_modal_loss({"text": e, "image": e}, TAU).item()
     assert aligned == pytest.approx(_aligned_minimum(6, TAU), rel=1e-6)
     assert inter_modal_loss({"text": e, "image": e[SHIFT]}, TAU).item() > aligned + 1
+
+
+def _simplex(batch, dim, seed=0):
+    """``batch`` unit vectors in ``dim >= batch`` dimensions at pairwise cosine -1/(batch - 1), randomly rotated."""
+    vertices = torch.eye(batch) - 1.0 / batch
+    vertices = torch.cat([vertices, torch.zeros(batch, dim - batch)], dim=1)
+    rotation, _ = torch.linalg.qr(_randn(dim, dim, seed=seed))
+    return F.normalize(vertices @ rotation, dim=1)
+
+
+def _perturbations(z, names, seed):
+    """Views of ``z`` under perturbations that break either alignment across views or the simplex."""
+    batch, dim = z.shape
+    for k, scale in enumerate((0.05, 0.2, 1.0)):
+        noise = {m: _randn(batch, dim, seed=seed + 10 * k + i) * scale for i, m in enumerate(names)}
+        yield {**{m: z for m in names}, names[1]: z + noise[names[1]]}  # one view moved
+        yield {m: z + noise[m] for m in names}  # every view moved independently
+        yield {m: z + noise[names[0]] for m in names}  # still aligned, no longer a simplex
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(3):
+        perm = torch.randperm(batch, generator=g)
+        if not torch.equal(perm, torch.arange(batch)):
+            yield {**{m: z for m in names}, names[-1]: z[perm]}  # one view's rows permuted
+    yield {m: torch.eye(batch, dim) for m in names}  # aligned but orthonormal
+
+
+@pytest.mark.parametrize("names", [["text", "image"], ["id", "text", "image"]])
+def test_inter_loss_is_minimal_when_each_items_views_coincide(names):
+    """Invariant of the loss: its minimum is every item's views equal, the items spread as a regular simplex.
+
+    (The symmetric InfoNCE is minimized by aligned views forming a simplex
+    when d >= B - 1.) The value there is the closed form below, and each
+    perturbation of a set, of one view, of all, or of the simplex, gives a
+    higher loss; rescaling a view's rows (cosine is scale-free) does not.
+    """
+    batch, tau = 6, TAU
+    z = _simplex(batch, 8)
+    best = inter_modal_loss({m: z for m in names}, tau).item()
+    closed = -1 / tau + math.log(math.exp(1 / tau) + (batch - 1) * math.exp(-1 / (tau * (batch - 1))))
+    assert best == pytest.approx(closed, rel=1e-5)
+    perturbed = [inter_modal_loss(v, tau).item() for v in _perturbations(z, names, seed=40)]
+    assert len(perturbed) >= 10
+    assert min(perturbed) > best + 1e-4
+    scaled = {**{m: z for m in names}, names[0]: z * torch.linspace(0.5, 3.0, batch)[:, None]}
+    assert inter_modal_loss(scaled, tau).item() == pytest.approx(best, rel=1e-5)
+
+
+def test_inter_loss_with_items_counts_rows_of_the_same_item_as_positives():
+    x, y = _randn(5, 4, seed=22), _randn(5, 4, seed=23)
+    eye = torch.eye(5, dtype=torch.bool)
+    # All items distinct: the plain loss.
+    plain = inter_modal_loss({"text": x, "image": y}, TAU)
+    assert inter_modal_loss({"text": x, "image": y}, TAU, items=torch.tensor([4, 0, 1, 2, 3])).item() == pytest.approx(
+        plain.item(), rel=1e-6
+    )
+    # Rows 1 and 3 hold one item: each is a positive of the other.
+    items = torch.tensor([7, 2, 5, 2, 9])
+    same = items[:, None] == items[None, :]
+    assert not torch.equal(same, eye)
+    want = (info_nce(x, y, same, TAU) + info_nce(y, x, same, TAU)) / 2
+    assert inter_modal_loss({"text": x, "image": y}, TAU, items=items).item() == pytest.approx(want.item(), rel=1e-6)
+    with pytest.raises(ValueError, match="items must"):
+        inter_modal_loss({"text": x, "image": y}, TAU, items=torch.tensor([0.0, 1.0, 2.0, 3.0, 4.0]))
 
 
 def test_inter_loss_averages_over_the_three_pairs_of_three_modalities():
@@ -347,6 +412,56 @@ def test_gradients_reach_exactly_the_token_embeddings_of_the_batch_items():
     touched = set(torch.nonzero(gen.tok_emb.weight.grad.abs().sum(dim=1)).flatten().tolist())
     assert touched == used
     assert len(used) < gen.tok_emb.num_embeddings  # some rows must stay zero for the check to mean anything
+
+
+def test_standardize_centres_and_scales_every_column():
+    x = torch.cat([_randn(50, 3, seed=24) * 0.05, 10 + 30 * _randn(50, 2, seed=25).abs(), torch.full((50, 1), 7.0)], 1)
+    z = standardize(x)
+    assert z.dtype == torch.float32 and z.shape == x.shape
+    torch.testing.assert_close(z.mean(dim=0), torch.zeros(6), atol=1e-6, rtol=0)
+    torch.testing.assert_close(z[:, :5].std(dim=0, unbiased=False), torch.ones(5), atol=1e-5, rtol=0)
+    assert torch.equal(z[:, 5], torch.zeros(50))  # a constant column carries nothing
+    # Per column, so invariant to the order of the items.
+    perm = torch.randperm(50, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(standardize(x[perm]), z[perm])
+
+
+def test_content_views_encode_each_modalitys_own_standardized_features():
+    features = {"text": _randn(7, 12, seed=26) * 0.05, "image": 5 + _randn(7, 20, seed=27).abs() * 40}
+    content = ContentViews(features, d_view=8, hidden=None)
+    assert content.modalities == ["text", "image"]
+    assert content.encoders["text"].in_features == 12 and content.encoders["image"].in_features == 20
+    items = torch.tensor([3, 0, 3, 6])
+    out = content(items)
+    assert set(out) == {"text", "image"} and all(v.shape == (4, 8) for v in out.values())
+    for m in features:
+        torch.testing.assert_close(out[m], content.encoders[m](standardize(features[m])[items]))
+    # The features are data: buffers that follow .to() but stay out of the state dict.
+    assert {name for name, _ in content.named_buffers()} == {"features_text", "features_image"}
+    assert not any(key.startswith("features_") for key in content.state_dict())
+    mlp = ContentViews(features, d_view=8, hidden=16)
+    assert isinstance(mlp.encoders["image"], torch.nn.Sequential) and mlp(items)["image"].shape == (4, 8)
+
+
+@pytest.mark.parametrize(
+    ("features", "match"),
+    [
+        ({}, "modalities must be distinct names"),
+        ({"text": torch.zeros(5, 3, dtype=torch.long)}, r"features\['text'\] must be a non-empty floating"),
+        ({"text": torch.zeros(5)}, r"features\['text'\] must be"),
+        ({"text": torch.full((5, 3), float("nan"))}, r"features\['text'\] holds NaN"),
+        ({"text": torch.zeros(5, 3), "image": torch.zeros(4, 3)}, r"features\['image'\] has 4 rows"),
+    ],
+)
+def test_content_views_reject_bad_features_naming_them(features, match):
+    with pytest.raises(ValueError, match=match):
+        ContentViews(features, d_view=4)
+
+
+def test_content_views_reject_items_out_of_range():
+    content = ContentViews({"text": _randn(5, 3, seed=28)}, d_view=4)
+    with pytest.raises(ValueError, match=r"items must be item indices in \[0, 5\)"):
+        content(torch.tensor([0, 5]))
 
 
 def test_modality_views_give_one_head_per_modality():

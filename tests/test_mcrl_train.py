@@ -1,4 +1,4 @@
-"""MCRL stage 2 (pmsid.methods.mcrl.train): the control equals no MCRL, per-step logs, resuming, labels."""
+"""MCRL stage 2 (pmsid.methods.mcrl.train): the control equals no MCRL, per-step logs, resuming, labels, features."""
 
 from __future__ import annotations
 
@@ -6,15 +6,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 from test_models_personalized import CFG, KS, N_ITEMS, N_USERS, cyclic_sequences, two_tables
 
 from pmsid.data import contracts
 from pmsid.data.sequences import training_samples
-from pmsid.methods.mcrl import ABLATIONS, joint
+from pmsid.methods.mcrl import ABLATIONS, joint, stages
 from pmsid.methods.mcrl import train as mcrl_train
 from pmsid.train import recipes as api
 
-from conftest import evaluate_tiger
+from conftest import REPO, evaluate_tiger
 
 torch.set_num_threads(1)
 
@@ -27,6 +28,15 @@ def item_labels():
     """Pseudo-labels per modality: text by item // 4, image by item % 3."""
     items = np.arange(N_ITEMS)
     return {"text": torch.from_numpy(items // 4), "image": torch.from_numpy(items % 3)}
+
+
+def item_features():
+    """Raw content features per modality: text of width 5 at MiniLM-like scale, image of width 7 at a large offset."""
+    rng = np.random.default_rng(3)
+    return {
+        "text": torch.from_numpy(rng.normal(0.0, 0.05, (N_ITEMS, 5))).float(),
+        "image": torch.from_numpy(5.0 + np.abs(rng.normal(0.0, 40.0, (N_ITEMS, 7)))).float(),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +59,7 @@ def run(stage1, tmp_path, ablation, tag=None, **cfg):
         USER_TABLES,
         init,
         item_labels(),
+        item_features(),
         ablation,
         {**STAGE2, **cfg},
         out["model.pt"],
@@ -107,8 +118,11 @@ def test_every_step_is_logged_with_its_components(stage1, tmp_path):
     pd.testing.assert_frame_equal(contracts.read_table(out["components.parquet"], mcrl_train.COMPONENTS), components)
     saved = torch.load(out["model.pt"], weights_only=True)
     assert saved["kind"] == "tiger" and saved["mcrl"]["ablation"] == "all"
-    assert set(saved["mcrl"]["heads"]) >= {"user_proj.weight", "id_repr.proj.weight"}
-    assert not any(k.startswith("generator.") for k in saved["mcrl"]["heads"])
+    heads = saved["mcrl"]["heads"]
+    assert set(heads) >= {"user_proj.weight", "id_repr.proj.weight", "views.heads.text.weight"}
+    assert heads["content.encoders.text.weight"].shape == (STAGE2["d_out"], 5)
+    assert heads["content.encoders.image.weight"].shape == (STAGE2["d_out"], 7)
+    assert not any(k.startswith("generator.") or "features_" in k for k in heads)  # weights only, not the data
 
 
 @pytest.mark.parametrize("ablation", ["user", "intra_inter"])
@@ -200,12 +214,72 @@ def test_read_labels_orders_by_item_and_names_a_bad_file(tmp_path):
         mcrl_train.read_labels({"text": tmp_path / "text.parquet"}, 6)
 
 
+def _write_features(path, item_idx, width=3):
+    matrix = np.arange(len(item_idx) * width, dtype=np.float32).reshape(len(item_idx), width)
+    contracts.write_features(path, np.asarray(item_idx, dtype=np.int32), matrix, stage="test")
+    return matrix
+
+
+def test_read_item_features_orders_by_item_and_names_a_file_that_does_not_cover_the_items(tmp_path):
+    matrix = _write_features(tmp_path / "text.parquet", [2, 0, 1])
+    got = mcrl_train.read_item_features({"text": tmp_path / "text.parquet"}, 3)
+    assert got["text"].dtype == torch.float32 and torch.equal(got["text"], torch.from_numpy(matrix[[1, 2, 0]]))
+    with pytest.raises(ValueError, match=r"text.parquet: the text features must cover item_idx 0..3 once each"):
+        mcrl_train.read_item_features({"text": tmp_path / "text.parquet"}, 4)  # item 3 missing
+    _write_features(tmp_path / "image.parquet", [0, 1, 1, 2])
+    with pytest.raises(ValueError, match=r"image.parquet: the image features must cover .*4 rows, 3 distinct"):
+        mcrl_train.read_item_features({"image": tmp_path / "image.parquet"}, 3)  # item 1 twice
+
+
+def test_feature_inputs_must_be_the_datasets_modalities():
+    inputs = {"labels_text": "l.parquet", "features_text": "t.parquet", "features_image": "i.parquet"}
+    assert stages.feature_paths(inputs, ["text", "image"]) == {"text": "t.parquet", "image": "i.parquet"}
+    with pytest.raises(ValueError, match=r"for modalities \['text', 'image'\], .*\['text', 'behaviour'\].*missing "
+                       r"\['behaviour'\], unexpected \['image'\]"):  # fmt: skip
+        stages.feature_paths(inputs, ["text", "behaviour"])
+    with pytest.raises(ValueError, match=r"missing \['image'\]"):
+        stages.feature_paths({"features_text": "t.parquet"}, ["text", "image"])
+
+
+def test_features_of_other_modalities_than_the_labels_are_refused(stage1, tmp_path):
+    seqs, codes, init = stage1
+    feats = {"text": item_features()["text"], "audio": item_features()["image"]}
+    with pytest.raises(ValueError, match=r"features has modalities \['text', 'audio'\], labels \['text', 'image'\]"):
+        mcrl_train.train_mcrl(
+            seqs, codes, USER_TABLES, init, item_labels(), feats, "inter", STAGE2,
+            *[tmp_path / n for n in ("m.pt", "l.parquet", "c.parquet", "k.pt")], seed=0, device="cpu",
+        )  # fmt: skip
+
+
+def test_l_inter_reads_the_items_content_features(stage1, tmp_path, monkeypatch):
+    seen = []
+    real = joint.inter_modal_loss
+
+    def recording(views, tau, items=None):
+        seen.append((list(views), items.clone()))
+        return real(views, tau, items)
+
+    monkeypatch.setattr(joint, "inter_modal_loss", recording)
+    components, out = run(stage1, tmp_path, "inter")
+    assert seen and all(names == [joint.ID_VIEW, *MODALITIES] for names, _ in seen)
+    assert components["inter"].notna().any()
+    # Other features, same everything else: another model.
+    shuffled = {**item_features(), "text": item_features()["text"].flip(0)}
+    seqs, codes, init = stage1
+    paths = [tmp_path / n for n in ("m.pt", "l.parquet", "c.parquet", "k.pt")]
+    other = mcrl_train.train_mcrl(
+        seqs, codes, USER_TABLES, init, item_labels(), shuffled, "inter", STAGE2, *paths, seed=0, device="cpu",
+        progress=False,
+    )  # fmt: skip
+    assert not np.allclose(components["inter"].dropna(), other["inter"].dropna())
+
+
 def test_stage1_of_other_tables_is_refused(stage1, tmp_path):
     seqs, codes, init = stage1
     swapped = codes[::-1].copy()
     with pytest.raises(ValueError, match="stage-1 generator was trained on other ID tables"):
         mcrl_train.train_mcrl(
-            seqs, swapped, USER_TABLES, init, item_labels(), "all", STAGE2,
+            seqs, swapped, USER_TABLES, init, item_labels(), item_features(), "all", STAGE2,
             *[tmp_path / n for n in ("m.pt", "l.parquet", "c.parquet", "k.pt")], seed=0, device="cpu",
         )  # fmt: skip
 
@@ -232,6 +306,23 @@ def test_every_ablation_is_a_registered_method():
         assert spec.role == ("control" if not losses else "ours")
 
 
+def test_every_ablation_trains_with_the_feature_file_of_every_modality():
+    from pmsid import manifest
+    from pmsid.methods import registry
+
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    patterns = {"features": "results/features/{dataset}/{modality}.parquet"}
+    for dataset in config["mcrl"]["datasets"]:
+        for name in ABLATIONS:
+            assert "features" in registry.get(f"mcrl_{name}").train_needs(config, dataset), (dataset, name)
+        want = {
+            f"features_{m}": f"results/features/{dataset}/{m}.parquet"
+            for m in config["dataset_specs"][dataset]["modalities"]
+        }
+        files = manifest.need_inputs(config, "features", dataset, 0, patterns)
+        assert files == want and stages.feature_paths(files, config["dataset_specs"][dataset]["modalities"])
+
+
 def test_stage1_may_be_plain_tiger_with_one_table(tmp_path, monkeypatch):
     """On a dataset without PMAT, stage 1 is TIGER: one table, no user groups for L_user."""
     groups = []
@@ -248,7 +339,18 @@ def test_stage1_may_be_plain_tiger_with_one_table(tmp_path, monkeypatch):
     api.train_tiger(seqs, single, {**CFG, "max_epochs": 1}, *paths, seed=0, device="cpu")
     out = [tmp_path / name for name in ("m.pt", "l.parquet", "c.parquet", "k.pt")]
     components = mcrl_train.train_mcrl(
-        seqs, single, None, paths[0], item_labels(), "user", STAGE2, *out, seed=0, device="cpu", progress=False
+        seqs,
+        single,
+        None,
+        paths[0],
+        item_labels(),
+        item_features(),
+        "user",
+        STAGE2,
+        *out,
+        seed=0,
+        device="cpu",
+        progress=False,
     )
     assert components["user"].notna().any()
     assert groups and all(g is None for g in groups)  # one table: only the row's own item is positive

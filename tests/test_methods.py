@@ -50,14 +50,18 @@ def test_every_registered_method_has_a_module_with_train_and_rank():
         module = importlib.import_module(spec.module)
         assert callable(module.rank), name
         assert not spec.trains or callable(module.train), name
-        assert spec.role in ("floor", "baseline", "ours", "control"), name
+        assert spec.role in registry.ROLES, name
 
 
 def test_runs_of_the_default_config():
     runs = registry.runs(default_config())
-    for method in ("mostpop", "random", "sasrec", "tiger", "pmat_global", "pmat_static", "pmat_full", "mcrl_all"):
+    pmat = ("pmat_global", "pmat_static", "pmat_static_token", "pmat_full")
+    for method in ("mostpop", "random", "sasrec", "tiger", *pmat, "mcrl_all"):
         assert {("ml-100k", method), ("synthetic", method)} <= set(runs), method
-    assert len(runs) == 2 * (4 + 3 + 8)
+    # 3 datasets x (4 floors and baselines + 4 PMAT); the oracle on the 2 with planted
+    # preferences; MCRL's 8 ablations on 2.
+    assert len(runs) == 3 * (4 + 4) + 2 + 2 * 8
+    assert {d for d, m in runs if m == "pmat_oracle"} == {"synthetic", "planted-disjoint"}
 
 
 def test_a_method_left_out_of_methods_does_not_run():
@@ -73,6 +77,17 @@ def test_mcrl_starts_from_pmat_static_where_pmat_runs_else_tiger():
     assert "model:tiger" in spec.train_needs(cfg, "ml-100k")
     assert spec.rank_needs(cfg, "synthetic") == ("pmat_replayed_tables",)
     assert spec.rank_needs(cfg, "ml-100k") == ("rqkmeans_ids",)
+
+
+def test_pmat_generator_chooses_what_the_replay_and_mcrl_build_on():
+    cfg = default_config()
+    assert registry.get("pmat_full").model_owner(cfg) == "pmat_static"
+    cfg["pmat"] = {**cfg["pmat"], "generator": "pmat_static_token"}
+    assert registry.get("pmat_full").model_owner(cfg) == "pmat_static_token"
+    assert "model:pmat_static_token" in registry.get("mcrl_all").train_needs(cfg, "synthetic")
+    cfg["pmat"]["generator"] = "tiger"
+    with pytest.raises(ValueError, match="pmat.generator must be one of"):
+        registry.get("pmat_full").model_owner(cfg)
 
 
 def test_unknown_method_name_fails_naming_it():

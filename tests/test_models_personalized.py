@@ -329,3 +329,60 @@ def test_checkpoint_under_other_user_tables_is_not_resumed(tmp_path, caplog):
         api.train_tiger(seqs, codes, cfg, *run_paths(tmp_path, "r"), seed=0, device="cpu", user_tables=1 - tables)
     assert "another configuration" in caplog.text
     assert "resuming" not in caplog.text
+
+
+def test_prefix_tables_give_each_training_row_its_own_table(tmp_path, monkeypatch):
+    seqs, (codes, _) = cyclic_sequences(), two_tables(seed=0)
+    users, _, _ = training_samples(seqs, CFG["history_cap"])
+    user_tables = np.arange(N_USERS) % 2
+    prefix_tables = np.arange(len(users)) % 2  # alternates within every user
+    seen = {}
+
+    def capture(model, loss_fn, data, *args, **kwargs):
+        seen["tables"] = data[2].numpy()
+        raise RuntimeError("stop after building the rows")
+
+    monkeypatch.setattr(api, "train_loop", capture)
+    for tables, expected in ((None, user_tables[users]), (prefix_tables, prefix_tables)):
+        with pytest.raises(RuntimeError, match="stop after"):
+            api.train_tiger(seqs, codes, CFG, *run_paths(tmp_path, "pt"), seed=0, device="cpu",
+                            user_tables=user_tables, prefix_tables=tables)  # fmt: skip
+        np.testing.assert_array_equal(seen["tables"], expected)
+    with pytest.raises(ValueError, match=r"prefix_tables must be an integer array .* one entry per training prefix"):
+        api.train_tiger(seqs, codes, CFG, *run_paths(tmp_path, "pt"), seed=0, device="cpu",
+                        user_tables=user_tables, prefix_tables=prefix_tables[1:])  # fmt: skip
+    with pytest.raises(ValueError, match=r"prefix_tables must be in \[0, 2\)"):
+        api.train_tiger(seqs, codes, CFG, *run_paths(tmp_path, "pt"), seed=0, device="cpu",
+                        user_tables=user_tables, prefix_tables=prefix_tables + 1)  # fmt: skip
+
+
+def test_the_table_token_tells_the_encoder_which_table_the_row_decodes_in(tmp_path):
+    codes, _ = two_tables(seed=0)
+    hist = torch.from_numpy(random_histories(4, N_ITEMS, 6, seed=1))
+    plain = TigerGenerator(codes, history_cap=6, d_model=16, n_heads=2, d_ff=32, encoder_tokens="item").eval()
+    token = TigerGenerator(codes, history_cap=6, d_model=16, n_heads=2, d_ff=32, encoder_tokens="item",
+                           table_token=True).eval()  # fmt: skip
+    assert plain.table_emb is None and tuple(token.table_emb.weight.shape) == (2, 16)
+    memory, pad = token.encode(hist, torch.tensor([0, 1, 0, 1]))
+    base, base_pad = plain.encode(hist, torch.tensor([0, 1, 0, 1]))
+    assert memory.shape[1] == base.shape[1] + 1 and not pad[:, 0].any()  # one more position, never padding
+    # Same history read under the same table: only the table token differs between two rows' inputs.
+    same_codes = np.stack([codes[0], codes[0]])  # two tables with identical IDs
+    twin = TigerGenerator(same_codes, history_cap=6, d_model=16, n_heads=2, d_ff=32, encoder_tokens="item",
+                          table_token=True).eval()  # fmt: skip
+    rows = hist[:1].expand(2, -1)
+    out, _ = twin.encode(rows, torch.tensor([0, 1]))
+    assert not torch.allclose(out[0], out[1])
+    no_token = TigerGenerator(same_codes, history_cap=6, d_model=16, n_heads=2, d_ff=32, encoder_tokens="item").eval()
+    out, _ = no_token.encode(rows, torch.tensor([0, 1]))
+    torch.testing.assert_close(out[0], out[1])
+    # The token is trained: L_ID's gradient reaches the embedding of every table used.
+    token.train()
+    token.loss(hist, torch.tensor([1, 2, 3, 4]), torch.tensor([0, 1, 0, 1])).backward()
+    assert (token.table_emb.weight.grad.abs().sum(dim=1) > 0).all()
+    # Beam search runs under it (an int table per batch, as beam_search_tables passes).
+    tries = api.build_tries(codes, token.level_sizes, torch.device("cpu"))
+    got = beam_search_tables(token.eval(), tries, hist.numpy(), np.array([0, 1, 0, 1]), beam_size=5)
+    assert got.n_invalid == 0
+    with pytest.raises(ValueError, match="table_token must be true or false"):
+        TigerGenerator(codes, history_cap=6, table_token="yes")

@@ -332,3 +332,36 @@ def test_id_distance_grows_with_weight_distance_theorem_1():
 def test_personalization_discrimination_rejects_mismatched_weights():
     with pytest.raises(ValueError, match="prototype_weights must be"):
         personalization_discrimination(random_tables(n_tables=3), np.ones((2, 2)) / 2)
+
+
+# --- concatenation fusion --------------------------------------------------------------------
+
+
+def test_concat_fusion_with_one_uniform_prototype_is_the_tiger_baselines_tokenizer():
+    from pmsid.quantize.rq_kmeans import RQKMeans, add_dedup_level, fuse_modalities
+
+    rng = np.random.default_rng(6)
+    raw = [rng.normal(size=(300, 12)), 5.0 * rng.normal(size=(300, 7))]  # other dims, other scales
+    ids = PersonalizedTokenizer(levels=2, codes=8, seed=3, n_init=2, fusion="concat").fit_encode(raw, [[0.5, 0.5]])
+    fused = fuse_modalities(raw)  # the baseline's fusion, equal weights
+    expected = add_dedup_level(RQKMeans(2, 8, seed=3, n_init=2).fit(fused).encode(fused))
+    np.testing.assert_array_equal(ids[0], expected)
+
+
+def test_concat_fusion_weights_each_modalitys_own_distances():
+    from pmsid.methods.pmat.prototypes import fuse
+
+    rng = np.random.default_rng(7)
+    raw = [rng.normal(size=(6, 4)), rng.normal(size=(6, 3))]
+    unit = [x / np.linalg.norm(x, axis=1, keepdims=True) for x in raw]
+    w = np.array([0.8, 0.2])
+    h = fuse(raw, w, "concat")
+    assert h.shape == (6, 7)
+    d2 = ((h[:, None] - h[None]) ** 2).sum(-1)
+    by_modality = sum(w_m * ((u[:, None] - u[None]) ** 2).sum(-1) for w_m, u in zip(w, unit))
+    np.testing.assert_allclose(d2, by_modality, atol=1e-12)
+    # Prototypes with other weights give other tables; an unknown fusion fails naming the key.
+    tables = PersonalizedTokenizer(2, 3, seed=0, n_init=1, fusion="concat").fit_encode(raw, [[0.9, 0.1], [0.1, 0.9]])
+    assert tables.shape == (2, 6, 3)
+    with pytest.raises(ValueError, match="pmat.fusion"):
+        PersonalizedTokenizer(2, 3, fusion="mean")

@@ -23,6 +23,7 @@ N_ITEMS, N_USERS, LENGTH = 48, 80, 10
 MODALITIES = ["text", "image"]
 TOKENIZER = {"levels": 2, "codes": 6, "n_init": 1, "seed": 0}
 ATTENTION = {"d": 8, "hidden": 8, "epochs": 3, "batch_size": 64, "history_cap": 8, "progress": False}
+TOKENIZE_OUTPUTS = ("ids", "prototypes", "assignment", "prefix_tables", "quality")
 PMAT = {"window": 3, "theta": 0.2, "lambda_max": 0.5, "sharpness": 2.0, "cons_temperature": 0.1}
 
 
@@ -74,7 +75,7 @@ def planted(tmp_path_factory):
     preference = stages.train_attention(paths, MODALITIES, ATTENTION, 0, out, str(truth_path), "cpu")
     ids = {}
     for variant in ("global", "personalized"):
-        files = {k: str(root / f"{variant}_{k}.parquet") for k in ("ids", "prototypes", "assignment", "quality")}
+        files = {k: str(root / f"{variant}_{k}.parquet") for k in TOKENIZE_OUTPUTS}
         ids[variant] = stages.tokenize(variant, {**paths, "attention": out["model"]}, MODALITIES, 3, TOKENIZER, files)
     replay_out = {k: str(root / f"replay_{k}") for k in ("events", "summary", "assignment")}
     personal = {k: str(root / f"personalized_{k}.parquet") for k in ("ids", "prototypes", "assignment")}
@@ -97,7 +98,7 @@ def test_user_weights_are_on_the_simplex_and_the_preference_is_recovered(planted
     assert pref["accuracy_median_threshold"] > 0.8, pref
 
 
-def test_global_variant_is_one_table_equal_to_global_fusion_of_the_mean_weights(planted):
+def test_global_variant_is_one_table_equal_to_global_fusion_of_the_mean_weights_under_either_fusion(planted):
     from pmsid.methods.pmat.stages import _load_bundle, _load_features
 
     ids = contracts.read_personalized_ids(planted["root"] / "global_ids.parquet")
@@ -106,9 +107,16 @@ def test_global_variant_is_one_table_equal_to_global_fusion_of_the_mean_weights(
     features = _load_features(planted["paths"]["features"], N_ITEMS)
     protos = contracts.read_table(planted["root"] / "global_prototypes.parquet", contracts.PROTOTYPES)
     w = protos.set_index("modality").loc[MODALITIES, "weight"].to_numpy()
+    # The workflow's default fusion: the raw features concatenated, as the TIGER baseline fuses them.
+    expected = global_fusion_ids(features, w, TOKENIZER["levels"], TOKENIZER["codes"],
+                                 seed=TOKENIZER["seed"], n_init=TOKENIZER["n_init"], fusion="concat")  # fmt: skip
+    np.testing.assert_array_equal(ids[0], expected)
+    files = {k: str(planted["root"] / f"sum_{k}.parquet") for k in TOKENIZE_OUTPUTS}
+    inputs = {**planted["paths"], "attention": planted["attention"]["model"]}
+    summed = stages.tokenize("global", inputs, MODALITIES, 3, TOKENIZER, files, fusion="sum")
     expected = global_fusion_ids(project_features(bundle, features), w, TOKENIZER["levels"], TOKENIZER["codes"],
                                  seed=TOKENIZER["seed"], n_init=TOKENIZER["n_init"])  # fmt: skip
-    np.testing.assert_array_equal(ids[0], expected)
+    np.testing.assert_array_equal(summed[0], expected)
 
 
 def test_personalized_tables_are_unique_within_each_table_and_users_are_assigned(planted):
@@ -146,7 +154,73 @@ def test_replay_updates_follow_the_gate_and_the_bound(planted):
 
 
 def test_too_many_prototypes_fail_naming_the_key(planted):
-    files = {k: str(planted["root"] / f"bad_{k}.parquet") for k in ("ids", "prototypes", "assignment", "quality")}
+    files = {k: str(planted["root"] / f"bad_{k}.parquet") for k in TOKENIZE_OUTPUTS}
     inputs = {**planted["paths"], "attention": planted["attention"]["model"]}
     with pytest.raises(ValueError, match="pmat.prototypes"):
         stages.tokenize("personalized", inputs, MODALITIES, N_USERS + 1, TOKENIZER, files)
+
+
+def test_each_training_prefix_is_tokenized_in_a_table_chosen_from_the_items_before_its_target(planted):
+    from pmsid.data.loaders import load_prefix_tables, load_sequences
+    from pmsid.data.sequences import training_samples
+    from pmsid.methods.pmat.attention import histories_weights
+    from pmsid.methods.pmat.prototypes import assign_prototypes
+    from pmsid.methods.pmat.stages import _load_bundle, _load_features
+
+    paths = planted["paths"]
+    seqs = load_sequences(paths["interactions"], paths["catalogue"])
+    tables = load_prefix_tables(planted["root"] / "personalized_prefix_tables.parquet", seqs, 3)
+    users, hist, _ = training_samples(seqs, ATTENTION["history_cap"])
+    assert tables.shape == users.shape
+    # Recompute from each prefix's own history alone: the same tables.
+    bundle = _load_bundle(planted["attention"]["model"])
+    features = _load_features(paths["features"], N_ITEMS)
+    protos = contracts.read_table(planted["root"] / "personalized_prototypes.parquet", contracts.PROTOTYPES)
+    weights = protos.pivot(index="prototype", columns="modality", values="weight")[MODALITIES].to_numpy()
+    np.testing.assert_array_equal(tables, assign_prototypes(histories_weights(bundle, features, hist), weights))
+    # Changing a user's later items (the target and after) changes no earlier prefix's table.
+    u = 0
+    rows = np.flatnonzero(users == u)
+    changed = [seq.copy() for seq in seqs.items]
+    changed[u][3:] = changed[u + 1][3:]  # prefixes of targets at positions 1, 2 keep their history
+    seqs.items[:] = changed
+    _, hist_changed, _ = training_samples(seqs, ATTENTION["history_cap"])
+    again = assign_prototypes(histories_weights(bundle, features, hist_changed[rows[:2]]), weights)
+    np.testing.assert_array_equal(again, tables[rows[:2]])
+    # The users' training-sequence tables differ from some prefix tables: the rule matters here.
+    user_table = stages.read_assignment(planted["root"] / "personalized_assignment.parquet", N_USERS)["train"]
+    assert (user_table[users] != tables).any()
+
+
+def test_prefix_tables_that_do_not_cover_the_training_prefixes_fail_naming_the_file(planted, tmp_path):
+    from pmsid.data.loaders import load_prefix_tables, load_sequences
+
+    paths = planted["paths"]
+    seqs = load_sequences(paths["interactions"], paths["catalogue"])
+    frame = contracts.read_table(planted["root"] / "personalized_prefix_tables.parquet", contracts.PREFIX_TABLES)
+    bad = tmp_path / "prefix_tables.parquet"
+    contracts.write_table(frame.iloc[1:], bad, contracts.PREFIX_TABLES)
+    with pytest.raises(ValueError, match=r"prefix_tables.parquet.*missing"):
+        load_prefix_tables(bad, seqs, 3)
+    frame.loc[0, "prototype"] = 7
+    contracts.write_table(frame, bad, contracts.PREFIX_TABLES)
+    with pytest.raises(ValueError, match="names table 7"):
+        load_prefix_tables(bad, seqs, 3)
+
+
+def test_the_oracle_tables_follow_the_planted_weights(planted):
+    files = {k: str(planted["root"] / f"oracle_{k}.parquet") for k in TOKENIZE_OUTPUTS}
+    inputs = {**planted["paths"], "attention": planted["attention"]["model"],
+              "truth": str(planted["root"] / "truth_users.parquet")}  # fmt: skip
+    ids = stages.tokenize("oracle", inputs, MODALITIES, 3, TOKENIZER, files)
+    assert ids.shape[0] == 2  # two distinct planted weight vectors: P = min(3, 2)
+    protos = contracts.read_table(files["prototypes"], contracts.PROTOTYPES)
+    weights = protos.pivot(index="prototype", columns="modality", values="weight")[MODALITIES].to_numpy()
+    np.testing.assert_allclose(weights, [[0.2, 0.8], [0.8, 0.2]])  # (text, image), sorted
+    assignment = stages.read_assignment(files["assignment"], N_USERS)["train"]
+    image_led = np.arange(N_USERS) % 2 == 0
+    np.testing.assert_array_equal(assignment, np.where(image_led, 0, 1))
+    prefix = contracts.read_table(files["prefix_tables"], contracts.PREFIX_TABLES)
+    np.testing.assert_array_equal(prefix["prototype"], assignment[prefix["user_idx"]])
+    with pytest.raises(ValueError, match=r"PMAT oracle: inputs \['truth'\] missing"):
+        stages.tokenize("oracle", {k: v for k, v in inputs.items() if k != "truth"}, MODALITIES, 3, TOKENIZER, files)

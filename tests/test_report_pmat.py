@@ -26,7 +26,7 @@ from conftest import report_manifest, section_rows
 
 DATASETS = {"synth": ["text", "image"], "ml": ["text", "behaviour"]}
 SEEDS = [0, 1]
-MODELS = ["sasrec", "pmat_global", "pmat_static", "pmat_full"]
+MODELS = ["sasrec", "tiger", "pmat_global", "pmat_static", "pmat_full"]
 N_USERS = 80
 KS = [5, 10, 20]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -38,6 +38,7 @@ PMAT_FIGURES = ["pmat_weights.png", "pmat_semantic_consistency.png"]
 # Per-seed preference recovery on synth; ml has no truth.
 SPEARMAN = {0: 0.8, 1: 0.6}
 ACC_MEDIAN = {0: 0.9, 1: 0.7}
+AUC = {0: 0.95, 1: 0.85}
 # Replay summaries: (dataset, seed) -> the keys that differ between runs.
 REPLAY = {
     ("synth", 0): {"n_fired": 10, "n_bound_violations": 1, "max_bound_ratio": 0.7, "mean_lambda_fired": 0.2},
@@ -98,7 +99,7 @@ def preference(dataset: str, seed: int) -> dict:
         return {"available": False, "reason": "the dataset has no planted preferences", "seed": seed}
     return {
         "available": True, "modality": "image", "n_users": N_USERS, "spearman": SPEARMAN[seed],
-        "spearman_p": 1e-4 * (seed + 1), "accuracy_median_threshold": ACC_MEDIAN[seed],
+        "spearman_p": 1e-4 * (seed + 1), "auc": AUC[seed], "accuracy_median_threshold": ACC_MEDIAN[seed],
         "accuracy_half_threshold": 0.75, "reason": None,
     }  # fmt: skip
 
@@ -237,7 +238,7 @@ def test_pmat_models_with_underscores_are_in_the_main_table(report):
 def test_ablation_rows_and_mean_std(report):
     table = pd.read_csv(report["out"] / "pmat_ablation.csv")
     assert list(table[["dataset", "model"]].itertuples(index=False, name=None)) == [
-        (d, m) for d in sorted(DATASETS) for m in section_rows("pmat").methods
+        (d, m) for d in sorted(DATASETS) for m in section_rows("pmat").methods if m in MODELS
     ]
     for _, row in table.iterrows():
         assert row["seeds"] == len(SEEDS)
@@ -282,6 +283,7 @@ def test_preference_table_only_for_the_dataset_with_truth(report):
     row = table.iloc[0]
     assert parse_cell(row["spearman"]) == pytest.approx((0.7, np.std([0.8, 0.6], ddof=1)), abs=5e-5)
     assert parse_cell(row["accuracy_median_threshold"]) == pytest.approx((0.8, np.std([0.9, 0.7], ddof=1)), abs=5e-5)
+    assert parse_cell(row["auc"]) == pytest.approx((0.9, np.std([0.95, 0.85], ddof=1)), abs=5e-5)
     assert row["spearman_p_max"] == pytest.approx(2e-4) and row["n_users"] == N_USERS
     assert "not scored: ml" in (report["out"] / "pmat_preference.md").read_text()
 

@@ -7,7 +7,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from pmsid.data.sequences import PAD, Sequences, training_samples, training_windows
+from pmsid.data.sequences import PAD, Sequences, training_positions, training_samples, training_windows
 
 P = PAD
 
@@ -114,3 +114,12 @@ def test_histories_match_the_prefix_samples(cap):
             shorter += len(seen) < len(full)
     if cap > 1:
         assert shorter > 0  # the documented difference does occur on this data
+
+
+def test_training_positions_name_the_target_of_every_prefix_row():
+    seqs = Sequences([np.array([5, 6, 7, 8, 9, 1]), np.array([2, 3, 4]), np.array([0, 1, 2, 3])], n_items=10)
+    users, hist, targets = training_samples(seqs, cap=3)
+    pos_users, positions = training_positions(seqs)
+    np.testing.assert_array_equal(pos_users, users)
+    np.testing.assert_array_equal(positions, [1, 2, 3, 1])
+    np.testing.assert_array_equal([seqs.items[u][p] for u, p in zip(users, positions)], targets)

@@ -57,7 +57,7 @@ def test_report_holds_every_method_for_both_datasets(finished_run):
         assert (report / name).stat().st_size > 0, name
     main = pd.read_csv(report / "main_comparison.csv")
     pairs = set(zip(main["dataset"], main["model"]))
-    models = ["mostpop", "random", "tiger", "sasrec", "pmat_global", "pmat_static", "pmat_full"]
+    models = ["mostpop", "random", "tiger", "sasrec", "pmat_global", "pmat_static", "pmat_static_token", "pmat_full"]
     assert pairs == {(d, m) for d in ["ml-100k-tiny", "synthetic"] for m in models}
     # Every evaluation writes its ranking, and its metrics follow from it.
     for d in ["ml-100k-tiny", "synthetic"]:
@@ -86,6 +86,10 @@ def test_report_holds_every_method_for_both_datasets(finished_run):
     }
     for name in ["mcrl_id_space.csv", "mcrl_cost.csv", "mcrl_loss_curves.png", "mcrl_tsne.png"]:
         assert (report / name).stat().st_size > 0, name
+    # PMAT's table: the TIGER baseline beside its ablations; the oracle only where truth is planted.
+    pmat = set(zip(*pd.read_csv(report / "pmat_ablation.csv")[["dataset", "model"]].T.to_numpy()))
+    assert {("synthetic", "tiger"), ("synthetic", "pmat_oracle"), ("ml-100k-tiny", "tiger")} <= pmat
+    assert ("ml-100k-tiny", "pmat_oracle") not in pmat
 
 
 @pytest.mark.slow

@@ -38,7 +38,8 @@ wildcard_constraints:
     reader="|".join(releases.READERS_WITH_DOWNLOADS),
     filename=r"[^/]+",
     seed=r"\d+",
-    variant="global|personalized",
+    variant="global|personalized|oracle",
+    design=r"[a-z_]+",  # pmsid.data.planted.DESIGNS
     method="|".join(registry.METHODS),
 
 
@@ -54,24 +55,11 @@ def get_modalities(wildcards):
     return get_spec(wildcards.dataset)["modalities"]
 
 
-def get_package_sources(*subpackages):
-    """The package modules a rule's code depends on (sub-packages or single
-    files relative to the package), declared as inputs so that a change to
-    them reruns the rule (Snakemake tracks script changes itself, not changes
-    to the modules a script imports)."""
-    files = [
-        PACKAGE / "__init__.py",
-        PACKAGE / "logs.py",
-        PACKAGE / "runtime.py",
-        PACKAGE / "stages.py",
-        PACKAGE / "data" / "contracts.py",
-    ]
-    for sub in subpackages:
-        if sub.endswith(".py"):
-            files.append(PACKAGE / sub)
-        else:
-            files += sorted((PACKAGE / sub).glob("*.py"))
-    return [str(f) for f in dict.fromkeys(files)]
+def get_stage_code(*modules):
+    """The code of a data or feature rule: the package files ``modules``
+    import (:func:`get_code`) and pmsid/stages.py, whose function the rule's
+    script calls (without stages.py's own imports, which serve other rules)."""
+    return sorted({*get_code(*modules), str(PACKAGE / "stages.py")})
 
 
 def get_ml100k_dir(dataset):
@@ -193,6 +181,10 @@ def get_pmat_attention_params():
     """The preference network's cfg: config pmat.attention plus the protocol's cap."""
     return {
         **config["pmat"]["attention"],
+        **{
+            k: config["pmat"][k]
+            for k in ("lambda1", "window", "lambda_max", "cons_temperature")
+        },
         "history_cap": config["protocol"]["history_cap"],
     }
 
@@ -221,11 +213,13 @@ def get_patterns():
             "catalogue": rules.prepare_dataset.output.catalogue,
             "stats": rules.prepare_dataset.output.stats,
             "images": rules.resolve_images.output.images,
+            "features": "results/features/{dataset}/{modality}.parquet",
             "rqkmeans_ids": rules.rqkmeans_ids.output.ids,
             "rqkmeans_quality": rules.rqkmeans_ids.output.quality,
             "pseudolabels": rules.pseudolabels.output.labels,
             "pmat_ids": rules.pmat_ids.output.ids,
             "pmat_assignment": rules.pmat_ids.output.assignment,
+            "pmat_prefix_tables": rules.pmat_ids.output.prefix_tables,
             "pmat_quality": rules.pmat_ids.output.quality,
             "pmat_weights": rules.pmat_attention.output.weights,
             "pmat_preference": rules.pmat_attention.output.preference,

@@ -3,7 +3,7 @@
 
 rule synthetic_dataset:
     input:
-        code=get_package_sources("data"),
+        code=get_code("pmsid.data.synthetic"),
     output:
         reviews="resources/synthetic/Synthetic_5.json.gz",
         meta="resources/synthetic/meta_Synthetic.json.gz",
@@ -18,6 +18,25 @@ rule synthetic_dataset:
         synthetic=config["synthetic"],
     script:
         "../scripts/make_synthetic.py"
+
+
+rule planted_dataset:
+    input:
+        code=get_code("pmsid.data.planted"),
+    output:
+        reviews="resources/planted/{design}/Planted_5.json.gz",
+        meta="resources/planted/{design}/meta_Planted.json.gz",
+        truth_users="resources/planted/{design}/truth_users.parquet",
+        truth_items="resources/planted/{design}/truth_items.parquet",
+        images=directory("resources/planted/{design}/images"),
+    log:
+        "logs/planted_dataset/{design}.log",
+    conda:
+        "../../envs/data.yaml"
+    params:
+        planted=config["planted"],
+    script:
+        "../scripts/make_planted.py"
 
 
 # Raw files of the releases (docs/METHOD.md 2.1). Runs on the submitting host
@@ -41,7 +60,12 @@ rule download:
 rule prepare_dataset:
     input:
         unpack(get_raw_inputs),
-        code=get_package_sources("data"),
+        code=get_stage_code(
+            "pmsid.data.ml100k",
+            "pmsid.data.amazon2018",
+            "pmsid.data.releases",
+            "pmsid.data.protocol",
+        ),
     output:
         catalogue="results/data/{dataset}/items.parquet",
         users="results/data/{dataset}/users.parquet",
@@ -63,7 +87,7 @@ rule prepare_dataset:
 rule resolve_images:
     input:
         catalogue=rules.prepare_dataset.output.catalogue,
-        code=get_package_sources("data"),
+        code=get_stage_code("pmsid.data.images"),
     output:
         images="results/data/{dataset}/images.parquet",
     log:

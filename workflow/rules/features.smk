@@ -4,7 +4,7 @@
 rule text_features:
     input:
         catalogue=rules.prepare_dataset.output.catalogue,
-        code=get_package_sources("features"),
+        code=get_stage_code("pmsid.features.text"),
     output:
         features=get_feature_output("text"),
     log:
@@ -28,7 +28,7 @@ rule image_features:
     input:
         catalogue=rules.prepare_dataset.output.catalogue,
         images=rules.resolve_images.output.images,
-        code=get_package_sources("features"),
+        code=get_stage_code("pmsid.features.image"),
     output:
         features=get_feature_output("image"),
     log:
@@ -52,7 +52,7 @@ rule behaviour_features:
     input:
         interactions=rules.prepare_dataset.output.interactions,
         catalogue=rules.prepare_dataset.output.catalogue,
-        code=get_package_sources("features"),
+        code=get_code("pmsid.features.behaviour"),
     output:
         features="results/features/{dataset}/behaviour.parquet",
     log:
@@ -73,7 +73,7 @@ rule external_features:
     input:
         catalogue=rules.prepare_dataset.output.catalogue,
         source=get_extra_source,
-        code=get_package_sources("features"),
+        code=get_stage_code("pmsid.features.external"),
     output:
         features="results/features/{dataset}/{extra_modality}.parquet",
     log:
@@ -91,7 +91,7 @@ rule external_features:
 rule reduce_features:
     input:
         features="results/features/{dataset}/{modality}.full.parquet",
-        code=get_package_sources("features"),
+        code=get_stage_code("pmsid.features.reduce"),
     output:
         features="results/features/{dataset}/{modality}.parquet",
     log:

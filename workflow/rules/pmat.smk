@@ -38,7 +38,9 @@ rule pmat_attention:
 
 rule pmat_ids:
     input:
+        unpack(get_truth_input),
         attention=rules.pmat_attention.output.model,
+        users=rules.prepare_dataset.output.users,
         features=get_feature_paths,
         interactions=rules.prepare_dataset.output.interactions,
         catalogue=rules.prepare_dataset.output.catalogue,
@@ -47,6 +49,7 @@ rule pmat_ids:
         ids="results/tokenize/{dataset}/pmat_{variant}/seed{seed}/ids.parquet",
         prototypes="results/tokenize/{dataset}/pmat_{variant}/seed{seed}/prototypes.parquet",
         assignment="results/tokenize/{dataset}/pmat_{variant}/seed{seed}/assignment.parquet",
+        prefix_tables="results/tokenize/{dataset}/pmat_{variant}/seed{seed}/prefix_tables.parquet",
         quality="results/tokenize/{dataset}/pmat_{variant}/seed{seed}/quality.parquet",
     log:
         "logs/pmat_ids/{dataset}_{variant}_seed{seed}.log",
@@ -62,6 +65,7 @@ rule pmat_ids:
         modalities=get_modalities,
         prototypes=config["pmat"]["prototypes"],
         max_fit_rows=config["pmat"]["max_fit_rows"],
+        fusion=config["pmat"]["fusion"],
         tokenizer=config["tokenizer"],
     script:
         "../scripts/pmat_ids.py"

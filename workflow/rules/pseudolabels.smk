@@ -4,7 +4,7 @@
 rule pseudolabels:
     input:
         features="results/features/{dataset}/{modality}.parquet",
-        code=get_package_sources("quantize"),
+        code=get_code("pmsid.quantize.kmeans"),
     output:
         labels="results/pseudolabels/{dataset}/{modality}.parquet",
     log:

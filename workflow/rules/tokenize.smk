@@ -5,7 +5,7 @@
 rule rqkmeans_ids:
     input:
         features=get_feature_paths,
-        code=get_package_sources("quantize"),
+        code=get_code("pmsid.quantize.rq_kmeans"),
     output:
         ids="results/tokenize/{dataset}/rqkmeans/ids.parquet",
         quality="results/tokenize/{dataset}/rqkmeans/quality.parquet",

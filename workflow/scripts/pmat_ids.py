@@ -15,4 +15,5 @@ stages.tokenize(
     tokenizer=snakemake.params.tokenizer,
     outputs=dict(snakemake.output.items()),
     max_fit_rows=snakemake.params.max_fit_rows,
+    fusion=snakemake.params.fusion,
 )

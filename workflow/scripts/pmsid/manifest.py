@@ -23,11 +23,13 @@ PATTERNS = (
     "catalogue",
     "stats",
     "images",  # resolve_images: {dataset}
+    "features",  # extract / reduce features: {dataset}, {modality}
     "rqkmeans_ids",  # rqkmeans_ids: {dataset}
     "rqkmeans_quality",
     "pseudolabels",  # pseudolabels: {dataset}, {modality}
     "pmat_ids",  # pmat_ids: {dataset}, {variant}, {seed}
     "pmat_assignment",
+    "pmat_prefix_tables",
     "pmat_quality",
     "pmat_weights",  # pmat_attention: {dataset}, {seed}
     "pmat_preference",
@@ -59,16 +61,25 @@ def pseudolabel_inputs(config: dict, dataset: str, patterns: dict) -> dict[str, 
     }
 
 
+def feature_inputs(config: dict, dataset: str, patterns: dict) -> dict[str, str]:
+    """``features_{modality}`` -> the feature file of every modality of ``dataset``."""
+    return {
+        f"features_{m}": patterns["features"].format(dataset=dataset, modality=m)
+        for m in config["dataset_specs"][dataset]["modalities"]
+    }
+
+
 def need_inputs(config: dict, need: str, dataset: str, seed, patterns: dict) -> dict[str, str]:
     """The named input files of one need (:data:`pmsid.methods.registry.NEEDS`)."""
     where = {"dataset": dataset, "seed": seed}
     if need == "rqkmeans_ids":
         return {"ids": patterns["rqkmeans_ids"].format(dataset=dataset)}
-    if need in ("pmat_global_tables", "pmat_personalized_tables"):
+    if need in ("pmat_global_tables", "pmat_personalized_tables", "pmat_oracle_tables"):
         variant = need.split("_")[1]
         return {
             "ids": patterns["pmat_ids"].format(variant=variant, **where),
             "assignment": patterns["pmat_assignment"].format(variant=variant, **where),
+            "prefix_tables": patterns["pmat_prefix_tables"].format(variant=variant, **where),
         }
     if need == "pmat_replayed_tables":
         return {
@@ -77,6 +88,8 @@ def need_inputs(config: dict, need: str, dataset: str, seed, patterns: dict) -> 
         }
     if need == "pseudolabels":
         return pseudolabel_inputs(config, dataset, patterns)
+    if need == "features":
+        return feature_inputs(config, dataset, patterns)
     if need.startswith("model:"):
         return {"init": patterns["model"].format(method=need.removeprefix("model:"), **where)}
     raise ValueError(f"unknown need {need!r}; needs are {list(registry.NEEDS)}")
@@ -98,7 +111,7 @@ def method_inputs(config: dict, method: str, dataset: str, seed, stage: str, pat
     for need in needs(config, dataset):
         files.update(need_inputs(config, need, dataset, seed, patterns))
     if stage == "evaluate":
-        owner = spec.model_from or spec.name
+        owner = spec.model_owner(config)
         files["model"] = patterns["model"].format(dataset=dataset, method=owner, seed=seed)
     return files
 
@@ -113,6 +126,20 @@ def method_entry(spec: registry.MethodSpec) -> dict:
         "sections": list(spec.sections),
         "options": dict(spec.options),
     }
+
+
+def _sections_by_dataset(runs: list[tuple[str, str]]) -> dict[str, set[str]]:
+    """The report sections each dataset has: ``main``, and every other
+    section where one of its own methods (role ``ours`` or ``control``)
+    runs. A baseline listed in a section (TIGER in PMAT's) joins its rows
+    only there, so a section never consists of baselines alone."""
+    out: dict[str, set[str]] = {}
+    for d, m in runs:
+        spec = registry.get(m)
+        out.setdefault(d, {"main"})
+        if spec.role in ("ours", "control"):
+            out[d].update(spec.sections)
+    return out
 
 
 def _tsne_runs(runs: list[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -135,16 +162,18 @@ def report_manifest(config: dict, patterns: dict) -> list[dict]:
     def add(kind: str, path: str, **meta) -> None:
         entries.append({"kind": kind, "path": path, **meta})
 
+    sections = _sections_by_dataset(runs)
     for d, m in runs:
         spec = registry.get(m)
         for s in seeds:
             where = {"dataset": d, "method": m, "seed": s}
             meta = {"dataset": d, "seed": s, **method_entry(spec)}
+            meta["sections"] = [x for x in meta["sections"] if x in sections[d]]
             for kind in ("metrics", "per_user", "ranking"):
                 add(kind, patterns[kind].format(**where), **meta)
             if spec.trains and spec.iterative:
                 add("train_log", patterns["train_log"].format(**where), **meta)
-            if "mcrl" in spec.sections:
+            if "mcrl" in meta["sections"]:
                 add("components", f"{patterns['extras'].format(**where)}/{MCRL_COMPONENTS}", **meta)
                 add("id_space", patterns["mcrl_id_space"].format(**where), **meta)
     for d, m in _tsne_runs(runs):
@@ -203,7 +232,7 @@ def report_sections(config: dict) -> list[tuple[str, list[str], list[str]]]:
         ("Tables", ["datasets", "main_comparison", "significance", "id_quality"], []),
         ("Figures", [], ["codebook_utilization", "training_curves", "metric_comparison"]),
     ]
-    present = {section for _, m in registry.runs(config) for section in registry.get(m).sections}
+    present = set().union(*_sections_by_dataset(registry.runs(config)).values())
     if "pmat" in present:
         tables = ["pmat_ablation", "pmat_updates", "pmat_preference", "pmat_id_quality"]
         sections.append(("PMAT", tables, ["pmat_weights", "pmat_semantic_consistency"]))

@@ -450,3 +450,15 @@ ASSIGNMENT = pa.schema(
         pa.field("prototype", pa.int32(), nullable=False),
     ]
 )
+
+# .../prefix_tables.parquet: the ID table each training prefix is tokenized in.
+# ``position`` is the index of the prefix's target in the user's sequence, so
+# the prefix is the user's items [0, position). The table is chosen from those
+# items only (never from the target or later items), as at evaluation.
+PREFIX_TABLES = pa.schema(
+    [
+        pa.field("user_idx", pa.int32(), nullable=False),
+        pa.field("position", pa.int32(), nullable=False),
+        pa.field("prototype", pa.int32(), nullable=False),
+    ]
+)

@@ -4,9 +4,10 @@ IDs, personalized ID tables and each user's table per split."""
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 
 from pmsid.data import contracts
-from pmsid.data.sequences import Sequences
+from pmsid.data.sequences import Sequences, training_positions
 
 SPLITS = ("train", "valid", "test")
 
@@ -55,13 +56,39 @@ def load_personalized(ids_path: str, assignment_path: str, seqs: Sequences) -> t
     return codes, tables
 
 
+def load_prefix_tables(path: str, seqs: Sequences, n_tables: int) -> np.ndarray:
+    """The ID table of every training prefix ``(S,)``, in the row order of
+    :func:`pmsid.data.sequences.training_samples` (contract PREFIX_TABLES)."""
+    frame = contracts.read_table(path, contracts.PREFIX_TABLES)
+    users, positions = training_positions(seqs)
+    key = pd.MultiIndex.from_arrays([frame["user_idx"].to_numpy(np.int64), frame["position"].to_numpy(np.int64)])
+    if key.has_duplicates:
+        raise ValueError(f"{path}: a (user_idx, position) pair is listed twice")
+    wanted = pd.MultiIndex.from_arrays([users, positions])
+    found = key.get_indexer(wanted)
+    if (found < 0).any() or len(key) != len(wanted):
+        raise ValueError(
+            f"{path}: lists {len(key)} prefixes, {int((found < 0).sum())} of the dataset's {len(wanted)} training "
+            "prefixes missing; rerun pmat_ids on the current interactions"
+        )
+    tables = frame["prototype"].to_numpy(np.int64)[found]
+    if len(tables) and (tables.min() < 0 or tables.max() >= n_tables):
+        raise ValueError(f"{path}: names table {tables.max()} but there are {n_tables} ID tables")
+    return tables
+
+
 def load_id_tables(inputs: dict, seqs: Sequences) -> tuple[np.ndarray, dict[str, np.ndarray] | None]:
     """The ID tables a generator trains or ranks under, from a rule's inputs.
 
     ``inputs["ids"]`` alone: one table ``(n_items, D)`` (RQ-KMeans), no
     per-user tables. With ``inputs["assignment"]``: PMAT's ``(P, n_items, D)``
-    tables and ``{split: (U,)}``, the table each user uses at each split.
+    tables and ``{split: (U,)}``, the table each user uses at each split;
+    with ``inputs["prefix_tables"]`` also ``"prefix": (S,)``, the table of
+    each training prefix (:func:`load_prefix_tables`).
     """
-    if "assignment" in inputs:
-        return load_personalized(inputs["ids"], inputs["assignment"], seqs)
-    return load_codes(inputs["ids"], seqs.n_items), None
+    if "assignment" not in inputs:
+        return load_codes(inputs["ids"], seqs.n_items), None
+    codes, tables = load_personalized(inputs["ids"], inputs["assignment"], seqs)
+    if "prefix_tables" in inputs:
+        tables["prefix"] = load_prefix_tables(inputs["prefix_tables"], seqs, len(codes))
+    return codes, tables

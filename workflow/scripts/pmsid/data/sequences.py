@@ -76,6 +76,20 @@ def training_samples(seqs: Sequences, cap: int) -> tuple[np.ndarray, np.ndarray,
     return np.asarray(users, np.int64), np.stack(hists), np.asarray(targets, np.int64)
 
 
+def training_positions(seqs: Sequences) -> tuple[np.ndarray, np.ndarray]:
+    """``(users (S,), positions (S,))`` of the rows of :func:`training_samples`:
+    row s predicts item ``positions[s]`` of user ``users[s]``'s sequence from
+    the items before it."""
+    users, positions = [], []
+    for u, seq in enumerate(seqs.items):
+        n = max(len(seq) - 2 - 1, 0)  # training prefixes of this user
+        users.append(np.full(n, u, np.int64))
+        positions.append(np.arange(1, n + 1, dtype=np.int64))
+    if not users:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate(users), np.concatenate(positions)
+
+
 def training_windows(seqs: Sequences, cap: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every training target once, packed into causal windows of ``cap`` positions.
 

@@ -424,30 +424,42 @@ def _make_interactions(rng, users, items, strength, popularity_weight, noise_rat
             matches[phase] = alpha * image_match + (1.0 - alpha) * text_match
         for t in range(length):
             match = matches["after" if 0 <= drift <= t else "before"]
-            noise_draw = rng.random() < noise_rate
-            logits = popularity if noise_draw else strength * match + popularity
-            logits = np.where(used, -np.inf, logits)
-            p = np.exp(logits - logits[~used].max())
-            i = int(rng.choice(n_items, p=p / p.sum()))
-            used[i] = True
-            # A star rating that leans on the match, as satisfied users rate higher.
-            overall = float(np.clip(np.round(2.0 + 3.0 * match[i] + rng.normal(0.0, 0.7)), 1, 5))
-            when = dt.datetime.fromtimestamp(int(times[t]), tz=dt.UTC)
-            reviews.append(
-                {
-                    "overall": overall,
-                    "verified": True,
-                    "reviewTime": f"{when.month:02d} {when.day}, {when.year}",
-                    "reviewerID": user["user_id"],
-                    "asin": str(item_ids[i]),
-                    "reviewerName": f"Reviewer {user['user_id'][4:]}",
-                    "summary": "Excellent" if overall >= 5 else "Good" if overall >= 3 else "Not for me",
-                    "unixReviewTime": int(times[t]),
-                }
-            )
+            i = draw_next_item(rng, match, popularity, used, strength, noise_rate)
+            reviews.append(review_record(rng, user["user_id"], str(item_ids[i]), match[i], int(times[t])))
     # The real 5-core files are grouped by item.
     reviews.sort(key=lambda r: (r["asin"], r["unixReviewTime"], r["reviewerID"]))
     return reviews
+
+
+def draw_next_item(rng, match: np.ndarray, popularity: np.ndarray, used: np.ndarray, strength, noise_rate) -> int:
+    """One next item, drawn without replacement (``used`` is updated).
+
+    ``p(i) ∝ exp(strength * match(i) + popularity(i))`` over the unused items,
+    or with probability ``noise_rate`` by popularity alone.
+    """
+    noise_draw = rng.random() < noise_rate
+    logits = popularity if noise_draw else strength * match + popularity
+    logits = np.where(used, -np.inf, logits)
+    p = np.exp(logits - logits[~used].max())
+    i = int(rng.choice(len(match), p=p / p.sum()))
+    used[i] = True
+    return i
+
+
+def review_record(rng, user_id: str, asin: str, match: float, unix_time: int) -> dict:
+    """One review in the Amazon 2018 format; the star rating leans on the match, as satisfied users rate higher."""
+    overall = float(np.clip(np.round(2.0 + 3.0 * match + rng.normal(0.0, 0.7)), 1, 5))
+    when = dt.datetime.fromtimestamp(unix_time, tz=dt.UTC)
+    return {
+        "overall": overall,
+        "verified": True,
+        "reviewTime": f"{when.month:02d} {when.day}, {when.year}",
+        "reviewerID": user_id,
+        "asin": asin,
+        "reviewerName": f"Reviewer {user_id[4:]}",
+        "summary": "Excellent" if overall >= 5 else "Good" if overall >= 3 else "Not for me",
+        "unixReviewTime": unix_time,
+    }
 
 
 # ---- images -----------------------------------------------------------------

@@ -15,10 +15,12 @@ two functions (:mod:`pmsid.methods.run`):
 
 What a method needs upstream is named by *needs* (:data:`NEEDS`), which the
 workflow turns into input files: ``rqkmeans_ids`` (one ID table),
-``pmat_global_tables`` / ``pmat_personalized_tables`` (PMAT's ID tables and
-each user's table at training time), ``pmat_replayed_tables`` (the tables
+``pmat_global_tables`` / ``pmat_personalized_tables`` / ``pmat_oracle_tables``
+(PMAT's ID tables from the mean, the learned or the planted weights, each
+user's table per split and each training prefix's table), ``pmat_replayed_tables`` (the tables
 after the drift-triggered updates), ``pseudolabels`` (one k-means label file
-per modality, inputs ``labels_{modality}``) and ``model:<method>`` (another
+per modality, inputs ``labels_{modality}``), ``features`` (the content
+features of every modality, inputs ``features_{modality}``) and ``model:<method>`` (another
 method's trained model, input ``init``).
 
 Adding a method: its module, one :class:`MethodSpec` in ``_SPECS`` below
@@ -39,10 +41,15 @@ NEEDS = (
     "rqkmeans_ids",
     "pmat_global_tables",
     "pmat_personalized_tables",
+    "pmat_oracle_tables",
     "pmat_replayed_tables",
     "pseudolabels",
+    "features",
     "model:",  # prefix: model:<method>
 )
+
+
+ROLES = ("floor", "baseline", "ours", "control", "oracle")
 
 
 @dataclass(frozen=True)
@@ -53,12 +60,15 @@ class MethodSpec:
     section of its hyperparameters (``hyper_skip`` lists that section's keys
     that select runs rather than configure training). ``model_from`` names
     the method whose trained model this one ranks with, for a variant that
-    differs only at ranking time (it then has no training of its own).
+    differs only at ranking time (it then has no training of its own); a
+    callable ``(config) -> name`` when the config chooses it (see
+    :meth:`model_owner`).
     ``datasets(config)`` lists the datasets it runs on; ``train_needs`` and
     ``rank_needs`` ``(config, dataset)`` the needs of each stage. ``sections``
     are the report sections its results appear in; ``role`` is ``floor``,
     ``baseline``, ``ours`` or ``control`` (the row an ablation is tested
-    against). ``options`` are fixed settings passed to the module (for
+    against; ``oracle`` for a reference row that uses planted truth, never
+    in the main comparison). ``options`` are fixed settings passed to the module (for
     example MCRL's ablation); ``description`` says in a clause what the
     method is, for the report's captions.
     """
@@ -71,7 +81,7 @@ class MethodSpec:
     role: str = "baseline"
     hyper: str | None = None
     hyper_skip: tuple[str, ...] = ()
-    model_from: str | None = None
+    model_from: str | Callable[[dict], str] | None = None
     iterative: bool = True
     train_needs: Callable[[dict, str], tuple[str, ...]] = lambda config, dataset: ()
     rank_needs: Callable[[dict, str], tuple[str, ...]] = lambda config, dataset: ()
@@ -83,6 +93,12 @@ class MethodSpec:
         """Whether the method has a training job of its own."""
         return self.model_from is None
 
+    def model_owner(self, config: dict) -> str:
+        """The method whose trained model this one ranks with: its own, or ``model_from``'s."""
+        if self.model_from is None:
+            return self.name
+        return self.model_from(config) if callable(self.model_from) else self.model_from
+
 
 def _listed(name: str) -> Callable[[dict], list[str]]:
     """Runs on every dataset when ``name`` is in the config's ``methods``."""
@@ -93,25 +109,49 @@ def _pmat_datasets(config: dict) -> list[str]:
     return list(config["pmat"]["datasets"])
 
 
+def _planted_datasets(config: dict) -> list[str]:
+    """PMAT's datasets with planted image-vs-text preferences (a ``truth_users`` table)."""
+    specs = config["dataset_specs"]
+    return [
+        d
+        for d in config["pmat"]["datasets"]
+        if specs[d].get("truth_users") and {"image", "text"} <= set(specs[d]["modalities"])
+    ]
+
+
 def _mcrl_datasets(ablation: str) -> Callable[[dict], list[str]]:
     return lambda config: list(config["mcrl"]["datasets"]) if ablation in config["mcrl"]["ablations"] else []
 
 
+PMAT_GENERATORS = ("pmat_static", "pmat_static_token")  # the choices of config pmat.generator
+
+
+def pmat_generator(config: dict) -> str:
+    """The personalized generator PMAT's replay (``pmat_full``) and MCRL build
+    on: config ``pmat.generator``, one of :data:`PMAT_GENERATORS` (the one
+    the validation data prefers; both are reported)."""
+    name = config["pmat"]["generator"]
+    if name not in PMAT_GENERATORS:
+        raise ValueError(f"config pmat.generator must be one of {list(PMAT_GENERATORS)}, got {name!r}")
+    return name
+
+
 def mcrl_base(config: dict, dataset: str) -> str:
     """MCRL's stage-1 generator on ``dataset``: PMAT's personalized one
-    (``pmat_static``) where PMAT runs, TIGER's otherwise."""
-    return "pmat_static" if dataset in config["pmat"]["datasets"] else "tiger"
+    (:func:`pmat_generator`) where PMAT runs, TIGER's otherwise."""
+    return pmat_generator(config) if dataset in config["pmat"]["datasets"] else "tiger"
 
 
 def _mcrl_train_needs(config: dict, dataset: str) -> tuple[str, ...]:
     base = mcrl_base(config, dataset)
-    tables = "pmat_personalized_tables" if base == "pmat_static" else "rqkmeans_ids"
-    return (tables, f"model:{base}", "pseudolabels")
+    tables = "pmat_personalized_tables" if base in PMAT_GENERATORS else "rqkmeans_ids"
+    # pseudolabels: L_intra's positives; features: the content L_inter's modality views are computed from.
+    return (tables, f"model:{base}", "pseudolabels", "features")
 
 
 def _mcrl_rank_needs(config: dict, dataset: str) -> tuple[str, ...]:
     # Ranked as pmat_full ranks (the tables after the drift replay), or as TIGER (its one table).
-    return ("pmat_replayed_tables",) if mcrl_base(config, dataset) == "pmat_static" else ("rqkmeans_ids",)
+    return ("pmat_replayed_tables",) if mcrl_base(config, dataset) in PMAT_GENERATORS else ("rqkmeans_ids",)
 
 
 def _fixed(*needs: str) -> Callable[[dict, str], tuple[str, ...]]:
@@ -170,9 +210,12 @@ _SPECS = [
         label="TIGER-style (RQ-KMeans IDs)",
         module="pmsid.methods.tiger",
         datasets=_listed("tiger"),
+        # In the PMAT table too: the baseline's global IDs beside PMAT's global fusion.
+        sections=("main", "pmat"),
         hyper="tiger",
         train_needs=_fixed("rqkmeans_ids"),
         rank_needs=_fixed("rqkmeans_ids"),
+        description="the baseline: RQ-KMeans IDs of the equally weighted, concatenated raw features",
     ),
     MethodSpec(
         name="pmat_global",
@@ -199,6 +242,31 @@ _SPECS = [
         description="personalized IDs (one ID table per preference prototype), no updates after training",
     ),
     MethodSpec(
+        name="pmat_static_token",
+        label="PMAT, no updates, table token",
+        module="pmsid.methods.tiger",
+        datasets=_pmat_datasets,
+        sections=("main", "pmat"),
+        role="ours",
+        hyper="tiger",
+        train_needs=_fixed("pmat_personalized_tables"),
+        rank_needs=_fixed("pmat_personalized_tables"),
+        options={"table_token": True},
+        description="as pmat_static, and the encoder reads a learned token of the user's ID table",
+    ),
+    MethodSpec(
+        name="pmat_oracle",
+        label="PMAT oracle (planted weights)",
+        module="pmsid.methods.tiger",
+        datasets=_planted_datasets,
+        sections=("pmat",),
+        role="oracle",
+        hyper="tiger",
+        train_needs=_fixed("pmat_oracle_tables"),
+        rank_needs=_fixed("pmat_oracle_tables"),
+        description="as pmat_static with every user's planted modality weights instead of learned ones (uses the truth)",
+    ),
+    MethodSpec(
         name="pmat_full",
         label="PMAT full (P prototypes + drift updates)",
         module="pmsid.methods.tiger",
@@ -206,7 +274,7 @@ _SPECS = [
         sections=("main", "pmat"),
         role="ours",
         hyper="tiger",
-        model_from="pmat_static",
+        model_from=pmat_generator,
         rank_needs=_fixed("pmat_replayed_tables"),
         description="personalized IDs plus drift-triggered updates of the user's preference",
     ),
@@ -235,14 +303,17 @@ def runs(config: dict) -> list[tuple[str, str]]:
 
 def check_needs(config: dict) -> None:
     """Fail naming the method when a need is not one of :data:`NEEDS` or
-    names an unregistered method."""
+    names an unregistered method, or its role is not one of :data:`ROLES`."""
     for dataset, name in runs(config):
         spec = METHODS[name]
+        if spec.role not in ROLES:
+            raise ValueError(f"method {name}: role {spec.role!r} is not one of {list(ROLES)}")
         for need in (*spec.train_needs(config, dataset), *spec.rank_needs(config, dataset)):
             other = need.removeprefix("model:") if need.startswith("model:") else None
             if other is not None and other not in METHODS:
                 raise ValueError(f"method {name}: needs the model of unknown method {other!r}")
             if other is None and need not in NEEDS:
                 raise ValueError(f"method {name}: unknown need {need!r}; needs are {list(NEEDS)}")
-        if spec.model_from is not None and spec.model_from not in METHODS:
-            raise ValueError(f"method {name}: model_from names unknown method {spec.model_from!r}")
+        owner = spec.model_owner(config)
+        if owner not in METHODS:
+            raise ValueError(f"method {name}: model_from names unknown method {owner!r}")

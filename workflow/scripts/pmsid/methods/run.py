@@ -73,7 +73,7 @@ def train_method(method: str, dataset: str, seed: int, inputs: dict, outputs: di
     """Train ``method`` on ``dataset`` for one seed (the generic ``train`` rule)."""
     spec = registry.get(method)
     if not spec.trains:
-        raise ValueError(f"method {method} has no training of its own; it ranks with {spec.model_from}'s model")
+        raise ValueError(f"method {method} has no training of its own; it ranks with another method's model")
     Path(outputs["extras"]).mkdir(parents=True, exist_ok=True)
     job = TrainJob(
         method=method,

@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 
 
 def generator_cfg(job) -> dict:
-    """The generator's cfg: the ``tiger`` section plus the protocol keys it validates under."""
+    """The generator's cfg: the ``tiger`` section plus the protocol keys it
+    validates under, and the method's ``table_token`` option (its design)."""
     return {
         **job.cfg,
         "history_cap": job.protocol["history_cap"],
@@ -37,11 +38,14 @@ def generator_cfg(job) -> dict:
         "ks": job.evaluation["ks"],
         "deterministic": job.deterministic,
         "beam_size": job.evaluation["beam_size"],
+        "table_token": bool(job.options.get("table_token", False)),
     }
 
 
 def train(job) -> None:
-    """Train the generator under the job's ID tables (each user in its training-time table)."""
+    """Train the generator under the job's ID tables: each training prefix in
+    its own table when the job has ``prefix_tables`` (PMAT), else in its
+    user's training-time table."""
     seed_everything(job.seed, job.deterministic)
     seqs = load_sequences(job.inputs["interactions"], job.inputs["catalogue"])
     codes, tables = load_id_tables(job.inputs, seqs)
@@ -56,6 +60,7 @@ def train(job) -> None:
         job.seed,
         job.device,
         user_tables=None if tables is None else tables["train"],
+        prefix_tables=None if tables is None else tables.get("prefix"),
     )
 
 

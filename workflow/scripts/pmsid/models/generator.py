@@ -19,7 +19,10 @@ Token vocabulary (one embedding table for encoder and decoder)::
 The encoder reads the user's history as ``history_cap x D`` tokens (each
 history item contributes its D tokens, in order), with learned level and
 history-position embeddings added (or, with ``encoder_tokens="item"``, one
-token per history item: the sum of its D token embeddings). The decoder generates the next item's D
+token per history item: the sum of its D token embeddings). With ``table_token`` the
+encoder also reads one more token in front: a learned embedding of the ID
+table the row decodes in (PMAT's preference prototype), so the model knows
+which table's IDs it is to generate. The decoder generates the next item's D
 tokens left to right, teacher-forced in training with the loss
 
     L_ID = - sum_j log p(c_j | c_<j, history)
@@ -79,11 +82,15 @@ class TigerGenerator(nn.Module):
         d_ff: int = 256,
         dropout: float = 0.1,
         encoder_tokens: str = "flat",
+        table_token: bool = False,
     ):
         super().__init__()
         if encoder_tokens not in ("flat", "item"):
             raise ValueError(f"encoder_tokens must be 'flat' or 'item', got {encoder_tokens!r}")
+        if not isinstance(table_token, bool):
+            raise ValueError(f"table_token must be true or false, got {table_token!r}")
         self.encoder_tokens = encoder_tokens
+        self.table_token = table_token
         codes = torch.as_tensor(codes, dtype=torch.long)
         if codes.ndim == 2:
             codes = codes[None]  # one table: P = 1
@@ -114,6 +121,8 @@ class TigerGenerator(nn.Module):
         self.enc_level_emb = nn.Embedding(self.n_levels, d_model)
         self.enc_pos_emb = nn.Embedding(history_cap, d_model)
         self.dec_pos_emb = nn.Embedding(self.n_levels, d_model)
+        # One learned token per ID table, read in front of the history (table_token only).
+        self.table_emb = nn.Embedding(self.n_tables, d_model) if table_token else None
         self.drop = nn.Dropout(dropout)
         # Pre-LayerNorm blocks train stably without a long warmup; torch's
         # layers run scaled-dot-product attention underneath.
@@ -153,6 +162,12 @@ class TigerGenerator(nn.Module):
         rows = table.view(-1, *([1] * (items.ndim - 1)))  # (N, 1, ...) broadcasts against items
         return self.codes[rows, items]
 
+    def _table_rows(self, table: int | torch.Tensor | None, n: int, device: torch.device) -> torch.Tensor:
+        """The table of each of ``n`` rows as a LongTensor ``(n,)`` (``table`` as in :meth:`item_codes`)."""
+        if table is None or isinstance(table, Integral):
+            return torch.full((n,), int(table or 0), dtype=torch.long, device=device)
+        return table.to(device=device, dtype=torch.long)
+
     # ----------------------------------------------------------------- encoder
     def encode(
         self, history: torch.Tensor, table: int | torch.Tensor | None = None
@@ -167,6 +182,9 @@ class TigerGenerator(nn.Module):
         token embeddings of an item are summed into one token (``L = cap``),
         about D^2 times cheaper in attention and D times in the rest; the model
         still sees only semantic-ID tokens, never an item-ID embedding.
+
+        With ``table_token`` the first of ``L + 1`` positions is the row's
+        table embedding (never padding).
 
         Returns ``memory (N, L, d_model)`` and its key-padding mask ``(N, L)``
         (True = padding).
@@ -191,6 +209,10 @@ class TigerGenerator(nn.Module):
         if empty.any():
             pad = pad.clone()
             pad[empty, -1] = False
+        if self.table_emb is not None:
+            rows = self._table_rows(table, n, history.device)
+            x = torch.cat([self.table_emb(rows)[:, None], x], dim=1)  # (N, 1 + L, d)
+            pad = torch.cat([torch.zeros(n, 1, dtype=torch.bool, device=pad.device), pad], dim=1)
         memory = self.encoder(self.drop(x), src_key_padding_mask=pad)
         return memory, pad
 
@@ -293,6 +315,8 @@ def tiger_defaults() -> dict:
         **run_defaults(),
         **section_defaults("tiger"),
         "beam_size": section_defaults("evaluation")["beam_size"],
+        # A design choice of a method (pmat_static_token), not a config key.
+        "table_token": False,
     }
 
 
@@ -308,4 +332,5 @@ def build_tiger(codes, cfg: dict) -> TigerGenerator:
         d_ff=cfg["d_ff"],
         dropout=cfg["dropout"],
         encoder_tokens=cfg["encoder_tokens"],
+        table_token=cfg["table_token"],
     )

@@ -131,8 +131,10 @@ def build_report(
         ("Semantic-ID quality", "id_quality", tables.ID_QUALITY_CAPTION),
     ]
     if with_pmat:
+        # The PMAT table's own rows: its oracle reference is in no other table.
+        pmat_runs = tables.collect_runs(select(manifest, "metrics", "pmat"), exclude_history=exclude_history)
         pmat_written, pmat_sections, pmat_figures = pmat.write_pmat_report(
-            runs, per_user_paths, *pmat_inputs, out=out, exclude_history=exclude_history,
+            pmat_runs, select(manifest, "per_user", "pmat"), *pmat_inputs, out=out, exclude_history=exclude_history,
             rows=tables.SectionRows.from_manifest(manifest, "pmat"),
             metrics=metrics, significance_metric=significance_metric, alpha=alpha,
         )  # fmt: skip

@@ -49,7 +49,7 @@ REPLAY_CONFIG_KEYS = ("theta", "window", "lambda_max", "sharpness", "n_prototype
 # Keys of preference.json: always, and when the dataset has planted preferences.
 PREFERENCE_KEYS = ("available", "reason")
 PREFERENCE_TRUTH_KEYS = (
-    "modality", "n_users", "spearman", "spearman_p", "accuracy_median_threshold", "accuracy_half_threshold",
+    "modality", "n_users", "spearman", "spearman_p", "auc", "accuracy_median_threshold", "accuracy_half_threshold",
 )  # fmt: skip
 
 # Whole-ID metrics (level -1) every PMAT quality file must have, then the optional ones.
@@ -303,6 +303,7 @@ def preference_table(prefs: pd.DataFrame) -> pd.DataFrame:
                 "n_users": pd.to_numeric(group["n_users"]).mean(),
                 "spearman": tables.mean_std(group["spearman"]),
                 "spearman_p_max": pd.to_numeric(group["spearman_p"]).max(),
+                "auc": tables.mean_std(group["auc"]),
                 "accuracy_median_threshold": tables.mean_std(group["accuracy_median_threshold"]),
                 "accuracy_half_threshold": tables.mean_std(group["accuracy_half_threshold"]),
             }
@@ -317,7 +318,8 @@ def preference_caption(prefs: pd.DataFrame) -> str:
         "Recovery of the planted modality preference by PMAT's learned user weights, on datasets whose users "
         "have one (mean "
         f"{PM} standard deviation over seeds): Spearman correlation between each user's learned weight of "
-        "'modality' and its planted weight (spearman_p_max: the largest p-value over seeds), and the share "
+        "'modality' and its planted weight (spearman_p_max: the largest p-value over seeds), the AUC of that "
+        "weight for telling the users who choose by 'modality' from the others (0.5 = chance), and the share "
         "of users whose planted modality is recovered when the learned weight is thresholded at its median "
         "over users or at 0.5."
     )

@@ -97,12 +97,16 @@ def train_tiger(
     seed: int | None,
     device: str = "auto",
     user_tables: np.ndarray | None = None,
+    prefix_tables: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """Train the TIGER-style generator on semantic IDs ``codes (n_items, D)`` or ``(P, n_items, D)``.
 
-    ``user_tables (U,)``: the ID table (in ``[0, P)``) each user's training
-    prefixes and validation ranking use; required when ``P > 1``, all zeros
-    when omitted with one table. Saves ``{"kind", "state_dict", "cfg",
+    ``user_tables (U,)``: the ID table (in ``[0, P)``) each user's validation
+    ranking uses, and each user's training prefixes unless
+    ``prefix_tables`` is given; required when ``P > 1``, all zeros when
+    omitted with one table. ``prefix_tables (S,)``: the table of each
+    training prefix, in the row order of ``training_samples`` (PMAT chooses
+    it from the items before the prefix's target). Saves ``{"kind", "state_dict", "cfg",
     "codes" (P, n_items, D), "user_tables" (U,), "n_items", "best_epoch",
     "best_valid_ndcg10"}`` to ``model_path`` and the per-epoch log (contract
     TRAIN_LOG) to ``log_path``; returns the log. A non-finite loss raises
@@ -111,6 +115,7 @@ def train_tiger(
     cfg = with_defaults(cfg, TIGER_DEFAULTS, "tiger")
     codes = check_codes(codes, seqs.n_items)
     user_tables = check_user_tables(user_tables, seqs.n_users, len(codes))
+    prefix_tables = check_prefix_tables(prefix_tables, seqs, len(codes))
     if cfg["beam_size"] < max(cfg["ks"]):
         raise ValueError(f"tiger cfg: beam_size {cfg['beam_size']} < max(ks) {max(cfg['ks'])}; raise beam_size")
     dev = start(model_path, seed, cfg, device)
@@ -124,8 +129,11 @@ def train_tiger(
         result = beam_search_tables(m, tries, hist, user_tables, cfg["beam_size"], exclude, cfg["eval_batch_size"])
         return mean_metrics(ranks_in_list(result.items, targets), [10])["NDCG@10"]
 
-    run_key = training_key("tiger", cfg, seed, seqs, codes, user_tables)
-    result = fit(model, seqs, cfg, validate, checkpoint_path, run_key, seed, "tiger", user_tables=user_tables)
+    run_key = training_key("tiger", cfg, seed, seqs, codes, user_tables, prefix_tables)
+    result = fit(
+        model, seqs, cfg, validate, checkpoint_path, run_key, seed, "tiger",
+        user_tables=user_tables, prefix_tables=prefix_tables,
+    )  # fmt: skip
     payload = {
         "kind": "tiger",
         "cfg": cfg,
@@ -180,12 +188,16 @@ def start(model_path, seed, cfg, device) -> torch.device:
     return dev
 
 
-def fit(model, seqs, cfg, validate, checkpoint_path, run_key, seed, name, mode="prefix", user_tables=None):
+def fit(
+    model, seqs, cfg, validate, checkpoint_path, run_key, seed, name, mode="prefix", user_tables=None,
+    prefix_tables=None,
+):  # fmt: skip
     """Run the shared loop on the training targets of ``seqs``.
 
     ``mode`` "prefix": one row per training prefix, ``model.loss(history,
-    target)``, or ``model.loss(history, target, table)`` with each row's user's
-    ID table when ``user_tables (U,)`` is given (TIGER); "sequence": one row
+    target)``, or ``model.loss(history, target, table)`` with each row's ID
+    table when ``prefix_tables (S,)`` (one per row) or ``user_tables (U,)``
+    (the row's user's) is given (TIGER); "sequence": one row
     per causal window (``pmsid.data.sequences.training_windows``),
     ``model.sequence_loss(inputs, targets)``. The loop shuffles and batches
     rows, so either way the batch order depends only on ``(seed, epoch)`` and
@@ -202,10 +214,11 @@ def fit(model, seqs, cfg, validate, checkpoint_path, run_key, seed, name, mode="
         log.info("%s: %d training samples, %d parameters", name, len(targets), n_params)
         loss_fn = _prefix_loss
     data = (torch.from_numpy(inputs), torch.from_numpy(targets))
-    if user_tables is not None:
+    if user_tables is not None or prefix_tables is not None:
         if mode != "prefix":
-            raise ValueError(f"user_tables needs mode 'prefix', got {mode!r}")
-        data += (torch.from_numpy(user_tables[users]),)  # (S,) table of each row's user
+            raise ValueError(f"ID tables per row need mode 'prefix', got {mode!r}")
+        rows = prefix_tables if prefix_tables is not None else user_tables[users]
+        data += (torch.from_numpy(rows),)  # (S,) the ID table of each row
     return train_loop(
         model,
         loss_fn,
@@ -244,6 +257,7 @@ def training_key(
     seqs: Sequences,
     codes: np.ndarray | None = None,
     user_tables: np.ndarray | None = None,
+    prefix_tables: np.ndarray | None = None,
 ) -> dict:
     """What identifies a training run, for the checkpoint's config hash.
 
@@ -255,7 +269,7 @@ def training_key(
     for seq in seqs.items:
         data.update(np.asarray(seq, np.int64).tobytes())
         data.update(b"|")
-    for array in (codes, user_tables):
+    for array in (codes, user_tables, prefix_tables):
         if array is not None:
             # The shape too: the same bytes can be tables of another shape.
             data.update(np.asarray(array.shape, np.int64).tobytes())
@@ -301,6 +315,22 @@ def check_user_tables(user_tables: np.ndarray | None, n_users: int, n_tables: in
             f"user_tables must be in [0, {n_tables}) (codes hold {n_tables} ID tables); "
             f"got {tables.min()}..{tables.max()}"
         )
+    return tables.astype(np.int64)
+
+
+def check_prefix_tables(prefix_tables: np.ndarray | None, seqs: Sequences, n_tables: int) -> np.ndarray | None:
+    """Each training prefix's ID table as int64 ``(S,)`` in ``[0, n_tables)``, or None."""
+    if prefix_tables is None:
+        return None
+    n_rows = len(sequences.training_positions(seqs)[0])  # rows of training_samples
+    tables = np.asarray(prefix_tables)
+    if tables.shape != (n_rows,) or not np.issubdtype(tables.dtype, np.integer):
+        raise ValueError(
+            f"prefix_tables must be an integer array with one entry per training prefix, shape ({n_rows},); "
+            f"got {tables.dtype} {tables.shape}"
+        )
+    if n_rows and not (tables.min() >= 0 and tables.max() < n_tables):
+        raise ValueError(f"prefix_tables must be in [0, {n_tables}); got {tables.min()}..{tables.max()}")
     return tables.astype(np.int64)
 
 

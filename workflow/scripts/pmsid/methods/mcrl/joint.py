@@ -5,8 +5,9 @@
 ``L_ID`` is :meth:`TigerGenerator.loss` (PMAT's personalized tables
 included: every row reads its history and target under its user's table);
 the bracket is :func:`pmsid.methods.mcrl.losses.mcrl_loss` over three InfoNCE
-losses on the ID representations of the batch's target items. For a batch
-of N rows (history ``(N, cap)``, target ``(N,)``, table ``(N,)``):
+losses on the batch's target items. For a batch of N rows (history
+``(N, cap)``, target ``(N,)``, table ``(N,)``), with the dataset's M
+modalities:
 
 - user context ``u_n = W_u mean_{l not pad} memory[n, l] + w_u`` ``(N, d_out)``:
   the mean of the encoder memory over the row's non-padding positions,
@@ -16,28 +17,43 @@ of N rows (history ``(N, cap)``, target ``(N,)``, table ``(N,)``):
   (:class:`~pmsid.methods.mcrl.losses.IdRepresentation`, sharing the
   generator's ``tok_emb``);
 - ``L_user = user_preference_loss(u, e, tau, groups)``;
-- ``L_intra = intra_modal_loss_multi(views(e), {m: labels[m][target]}, tau)``
-  with the items' k-means pseudo-labels per modality;
-- ``L_inter = inter_modal_loss(views(e), tau)``.
+- ``L_intra = intra_modal_loss_multi(views(e), {m: labels[m][target]}, tau)``:
+  heads ``V_m(e_n) (N, d_out)`` on the ID representation
+  (:class:`~pmsid.methods.mcrl.losses.ModalityViews`), positives the items'
+  k-means pseudo-labels per modality;
+- ``L_inter = inter_modal_loss({"id": e, m: c_m for m}, tau, items=target)``
+  with the content views ``c_m = g_m(f_m[target]) (N, d_out)``: each
+  modality's standardized raw features ``f_m (n_items, d_m)`` (the feature
+  files) through its own encoder ``g_m``
+  (:class:`~pmsid.methods.mcrl.losses.ContentViews`). The M + 1 views are
+  contrasted over all their ``(M + 1) M / 2`` pairs, equally weighted (for
+  text and image: id–text, id–image, text–image); rows with the same target
+  item are positives of each other.
 
-``lambda1 * L_cons`` is not applied here. L_cons (PMAT's consistency loss,
-theorem 3) is a function of PMAT's drift updates of the users' preference
-vectors, not of any generator parameter: it is measured by the PMAT stages
-(``pmsid.methods.pmat.stages``), and adding it to the generator's loss would
-change the logged total but no gradient. ``lambda1`` is a key of this
-module's cfg, checked (>= 0) and kept for the record only; the workflow's
-config has no key for it.
+Why the ID representation is one of L_inter's views: the content views
+alone (text–image) would train only the encoders ``g_m``, never the
+generator, since no ID token enters them. The id–modality pairs are what
+reach ``tok_emb``: they pull each item's ID representation towards its own
+content in every modality and away from the other items'. The text–image
+pair makes the encoders agree on the item across modalities, so the content
+targets the ID representation is tied to are themselves cross-modal.
+L_intra keeps heads on the ID representation: its modality semantics come
+from the pseudo-labels, and heads on frozen content features would not move
+the generator at all.
+
+The thesis's ``lambda1 * L_cons`` is not a term here: it is trained with
+PMAT's preference network (config ``pmat.lambda1``), not with the generator.
 
 Config (:data:`DEFAULTS`; an unknown key fails naming it):
     lambda2 0.1: weight of the MCRL bracket; 0 is PMAT (or TIGER) alone.
     a 1.0, b 1.0: weights of L_intra and L_inter inside the bracket.
     tau 0.1: InfoNCE temperature of all three losses (> 0).
     d_out 64: width of the ID representation, the user context and the views.
-    view_hidden None: hidden width of each modality head (None: one Linear).
+    view_hidden None: hidden width of each L_intra head and each content
+        encoder (None: one Linear).
     terms ["user", "intra", "inter"]: the MCRL losses of this model (the
         ablations: each alone, each pair, all three). L_user has no weight of
         its own inside the bracket, so "L_intra alone" is ``terms: [intra]``.
-    lambda1 0.0: recorded, not applied (see above).
 
 A loss is *configured* when it is in ``terms`` and its weight is non-zero
 (``lambda2`` for L_user; ``lambda2 * a``, ``lambda2 * b`` for the others).
@@ -64,6 +80,7 @@ from torch import nn
 from pmsid.defaults import section_defaults
 from pmsid.methods.mcrl.losses import (
     LOSS_NAMES,
+    ContentViews,
     IdRepresentation,
     ModalityViews,
     inter_modal_loss,
@@ -74,15 +91,15 @@ from pmsid.methods.mcrl.losses import (
 from pmsid.models.generator import TigerGenerator
 
 # The weights, temperature and head sizes take the config schema's mcrl
-# defaults; lambda1 and terms are this module's own (see above).
+# defaults; terms is this module's own (see above).
 DEFAULTS = {
-    "lambda1": 0.0,
     **{key: section_defaults("mcrl")[key] for key in ("lambda2", "a", "b", "tau", "d_out", "view_hidden")},
     "terms": list(LOSS_NAMES),
 }
 SCHEDULES = ("joint", "two_stage", "alternating")
 COMPONENT_NAMES = ("id", *LOSS_NAMES)
 COMPONENT_COLUMNS = ["epoch", "step", "total", *COMPONENT_NAMES]
+ID_VIEW = "id"  # L_inter's name for the ID representation among the modality views
 
 
 # --- config -------------------------------------------------------------------------
@@ -111,7 +128,7 @@ def resolve_cfg(cfg: Mapping | None, modalities: Sequence[str]) -> dict:
     if unknown:
         raise ValueError(f"MCRL: unknown config key(s) {unknown}; valid keys are {sorted(DEFAULTS)}")
     out = {**DEFAULTS, **cfg}
-    for key in ("lambda1", "lambda2", "a", "b"):
+    for key in ("lambda2", "a", "b"):
         w = out[key]
         if isinstance(w, bool) or not isinstance(w, Real) or not math.isfinite(w) or w < 0:
             raise ValueError(f"MCRL: {key} must be a finite number >= 0, got {w!r}")
@@ -153,19 +170,31 @@ class JointModel(nn.Module):
     """The generator plus MCRL's heads, as one module (one optimizer, one state dict).
 
     ``generator``: a :class:`TigerGenerator` (``codes (P, n_items, D)``);
-    ``modalities``: the dataset's modality names (keys of ``labels``);
-    ``cfg``: see :data:`DEFAULTS` and the module docstring.
+    ``modalities``: the dataset's modality names (keys of ``labels`` and
+    ``features``); ``cfg``: see :data:`DEFAULTS` and the module docstring;
+    ``features``: ``{modality: FloatTensor (n_items, d_m)}`` the items' raw
+    content features, row i = item i (required while L_inter is configured;
+    checked against ``modalities`` and ``n_items`` whenever given).
 
     Submodules: ``generator``; ``id_repr``
     (``IdRepresentation.from_generator(generator, d_out)``, whose ``tok_emb``
     *is* ``generator.tok_emb``); ``user_proj`` (``Linear(d_model, d_out)``);
     ``views`` (:class:`ModalityViews` ``d_out -> d_out`` per modality, built
-    only when L_intra or L_inter is configured, else None). The shared token
-    embedding is registered under both ``generator`` and ``id_repr``;
-    ``parameters()`` yields it once, so build the optimizer from this module.
+    only when L_intra is configured, else None); ``content``
+    (:class:`ContentViews` ``d_m -> d_out`` per modality holding the
+    standardized features as non-persistent buffers, built only when L_inter
+    is configured, else None). The shared token embedding is registered
+    under both ``generator`` and ``id_repr``; ``parameters()`` yields it once,
+    so build the optimizer from this module.
     """
 
-    def __init__(self, generator: TigerGenerator, modalities: Sequence[str], cfg: Mapping | None = None):
+    def __init__(
+        self,
+        generator: TigerGenerator,
+        modalities: Sequence[str],
+        cfg: Mapping | None = None,
+        features: Mapping[str, torch.Tensor] | None = None,
+    ):
         super().__init__()
         if not isinstance(generator, TigerGenerator):
             raise ValueError(f"generator must be a TigerGenerator, got {type(generator).__name__}")
@@ -177,13 +206,42 @@ class JointModel(nn.Module):
         self.cfg = resolve_cfg(cfg, names)
         self.modalities = names
         self.configured = configured_terms(self.cfg)
-        d_out = self.cfg["d_out"]
+        d_out, hidden = self.cfg["d_out"], self.cfg["view_hidden"]
         self.generator = generator
         self.id_repr = IdRepresentation.from_generator(generator, d_out)
         self.user_proj = nn.Linear(generator.d_model, d_out)
-        self.views = None
-        if self.configured & {"intra", "inter"}:
-            self.views = ModalityViews(names, d_out, d_out, self.cfg["view_hidden"])
+        self.views = ModalityViews(names, d_out, d_out, hidden) if "intra" in self.configured else None
+        if features is not None:
+            self._check_features(features)
+        self.content = None
+        if "inter" in self.configured:
+            if features is None:
+                raise ValueError(
+                    f"features is required while L_inter is configured (b = {self.cfg['b']}): pass the items' "
+                    f"content features {{modality: FloatTensor (n_items, d)}} for {names}, or set b: 0"
+                )
+            if ID_VIEW in names:
+                raise ValueError(f"modality name {ID_VIEW!r} is L_inter's name for the ID view; rename the modality")
+            self.content = ContentViews({m: features[m] for m in names}, d_out, hidden)
+
+    def _check_features(self, features) -> None:
+        """Fail naming ``features`` unless it maps exactly :attr:`modalities` to ``(n_items, d)`` matrices."""
+        if not isinstance(features, Mapping):
+            raise ValueError(f"features must map modality names to (n_items, d) tensors, got {type(features).__name__}")
+        missing = [m for m in self.modalities if m not in features]
+        extra = [m for m in features if m not in self.modalities]
+        if missing or extra:
+            raise ValueError(
+                f"features has modalities {list(features)}, the dataset {self.modalities} "
+                f"(missing {missing}, unexpected {extra})"
+            )
+        n_items = self.generator.n_items
+        for m in self.modalities:
+            x = features[m]
+            if not torch.is_tensor(x) or not x.is_floating_point() or x.dim() != 2 or len(x) != n_items:
+                raise ValueError(
+                    f"features[{m!r}] must be a floating tensor of shape (n_items={n_items}, d), got {x!r:.80}"
+                )
 
     # ------------------------------------------------------------ representations
     def _pool(self, memory: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
@@ -253,7 +311,8 @@ class JointModel(nn.Module):
         items' pseudo-labels (required while L_intra is active), ``groups
         (N,)`` optional user groups for L_user (for example each user's PMAT
         prototype; users of one group share positives), ``terms`` narrows the
-        configured losses (see :meth:`active`).
+        configured losses (see :meth:`active`). L_inter reads the content
+        features given at construction.
 
         Returns ``{"id": L_ID}`` plus ``"user"``, ``"intra"``, ``"inter"`` for
         the active losses only. L_user and L_inter use in-batch negatives and
@@ -280,12 +339,11 @@ class JointModel(nn.Module):
         tau = self.cfg["tau"]
         if "user" in active:
             out["user"] = user_preference_loss(user, item, tau, groups)
-        if active & {"intra", "inter"}:
-            views = self.views(item)  # {modality: (N, d_out)}
-            if "intra" in active:
-                out["intra"] = intra_modal_loss_multi(views, target_labels, tau)
-            if "inter" in active:
-                out["inter"] = inter_modal_loss(views, tau)
+        if "intra" in active:
+            out["intra"] = intra_modal_loss_multi(self.views(item), target_labels, tau)  # views {m: (N, d_out)}
+        if "inter" in active:
+            views = {ID_VIEW: item, **self.content(target)}  # {"id" and each modality: (N, d_out)}
+            out["inter"] = inter_modal_loss(views, tau, items=target)
         return out
 
     def loss(

@@ -3,11 +3,13 @@
 MCRL trains the generator jointly with contrastive losses on the
 representations of items' semantic IDs:
 
-    L_total = L_ID + lambda1 * L_cons + lambda2 * (L_user + a * L_intra + b * L_inter)
+    L_total = L_ID + lambda2 * (L_user + a * L_intra + b * L_inter)
 
-(L_ID: the generator's loss, L_cons: PMAT's consistency loss; this module
-gives the bracket, :func:`mcrl_loss`). All three are the multi-positive
-InfoNCE of :func:`info_nce` on cosine similarities ``s(x, y) = cos(x, y) / tau``:
+(L_ID: the generator's loss; this module gives the bracket, :func:`mcrl_loss`).
+The thesis's ``lambda1 * L_cons`` is trained with PMAT's preference network
+(config ``pmat.lambda1``), not with the generator. All three losses are the
+multi-positive InfoNCE of :func:`info_nce` on cosine similarities
+``s(x, y) = cos(x, y) / tau``:
 
     InfoNCE(q_b) = 1/|P(b)| sum_{k in P(b)} -log( exp(s(q_b, k_k)) / sum_{j not excluded} exp(s(q_b, k_j)) )
 
@@ -29,10 +31,10 @@ keys). With one positive per query it is exactly
   positive and is left out of its own denominator. Items whose label no other
   row shares have no positive and are skipped.
   :func:`intra_modal_loss_multi` averages it over modalities.
-- ``L_inter`` (:func:`inter_modal_loss`): for every pair of modalities
-  (m, n), the m-view of item b and the n-view of item b are positives, the
-  n-views of the other items negatives; symmetric (m -> n and n -> m, the CLIP
-  loss), averaged over the M (M - 1) / 2 pairs.
+- ``L_inter`` (:func:`inter_modal_loss`): for every pair of views (m, n), the
+  m-view and the n-view of the same item are positives, the n-views of the
+  other items negatives; symmetric (m -> n and n -> m, the CLIP loss),
+  averaged over the pairs.
 
 Design
 ------
@@ -53,15 +55,21 @@ parent module holding both (``nn.Module.parameters`` drops the duplicate), not
 by concatenating the two lists. The sum is the same pooling as the
 generator's ``encoder_tokens="item"`` mode.
 
-**Every view of an item comes from its ID representation.**
-:class:`ModalityViews` holds one small head per modality (a Linear, or a
-two-layer MLP) mapping ``e_i`` to that modality's view, so L_intra and L_inter
-shape the ID token embeddings rather than frozen content features. L_intra is
-what injects modality semantics (its positives come from each modality's own
-pseudo-labels); L_inter between two heads on the same ``e_i`` keeps the views
-of one item together and, through its in-batch negatives, keeps different
-items' IDs apart. The loss functions take any views: a caller may instead
-pair an ID view with projected content features (``{"id": ..., "text": ...}``).
+**L_intra's views are heads on the ID representation.** :class:`ModalityViews`
+holds one small head per modality (a Linear, or a two-layer MLP) mapping
+``e_i`` to that modality's view ``V_m(e_i)``; the modality's semantics enter
+through its pseudo-labels, and the loss shapes the ID token embeddings.
+
+**L_inter's modality views come from the modalities' content.**
+:class:`ContentViews` holds each modality's raw item features ``f_m(i)``
+``(n_items, d_m)``, standardized per dimension over the catalogue
+(:func:`standardize`), and one encoder per modality ``g_m: d_m -> d_out``
+(a Linear, or the same two-layer MLP). The joint model contrasts the views
+``{"id": e_i, m: g_m(f_m(i)) for each modality m}`` with
+:func:`inter_modal_loss` over all their pairs: the modality–modality pairs
+(text–image) make the encoders agree on an item across modalities and train
+only the encoders; the id–modality pairs tie the item's ID representation to
+its content and are the only part of L_inter that reaches the generator.
 
 Losses with in-batch negatives (L_user, L_inter) need B >= 2 rows; a batch
 where no query has a positive (for example L_intra with all labels distinct)
@@ -237,8 +245,26 @@ class IdRepresentation(nn.Module):
         return self.proj(summed)
 
 
+def _check_modality_names(names: list[str]) -> None:
+    if not names or len(set(names)) != len(names):
+        raise ValueError(f"modalities must be distinct names, at least one; got {names}")
+    for name in names:
+        if not isinstance(name, str) or not name or "." in name:
+            raise ValueError(f"modality names must be non-empty strings without '.', got {name!r}")
+
+
+def _head(d_in: int, d_out: int, hidden: int | None) -> nn.Module:
+    """``Linear(d_in, d_out)``, or with ``hidden`` ``Linear(d_in, hidden) -> GELU -> Linear(hidden, d_out)``."""
+    for dim_name, dim in (("d_in", d_in), ("d_view", d_out), ("hidden", hidden)):
+        if dim is not None and not (isinstance(dim, Integral) and dim >= 1):
+            raise ValueError(f"{dim_name} must be an integer >= 1, got {dim!r}")
+    if hidden is None:
+        return nn.Linear(d_in, d_out)
+    return nn.Sequential(nn.Linear(d_in, hidden), nn.GELU(), nn.Linear(hidden, d_out))
+
+
 class ModalityViews(nn.Module):
-    """One projection head per modality, mapping ID representations to modality views.
+    """One projection head per modality, mapping ID representations to modality views (L_intra).
 
     ``modalities``: the modality names (for example ``("text", "image")``);
     each head is ``Linear(d_in, d_view)``, or with ``hidden`` a two-layer MLP
@@ -249,21 +275,8 @@ class ModalityViews(nn.Module):
     def __init__(self, modalities: Sequence[str], d_in: int, d_view: int, hidden: int | None = None):
         super().__init__()
         names = list(modalities)
-        if not names or len(set(names)) != len(names):
-            raise ValueError(f"modalities must be distinct names, at least one; got {names}")
-        for name in names:
-            if not isinstance(name, str) or not name or "." in name:
-                raise ValueError(f"modality names must be non-empty strings without '.', got {name!r}")
-        for dim_name, dim in (("d_in", d_in), ("d_view", d_view), ("hidden", hidden)):
-            if dim is not None and not (isinstance(dim, Integral) and dim >= 1):
-                raise ValueError(f"{dim_name} must be an integer >= 1, got {dim!r}")
-
-        def head() -> nn.Module:
-            if hidden is None:
-                return nn.Linear(d_in, d_view)
-            return nn.Sequential(nn.Linear(d_in, hidden), nn.GELU(), nn.Linear(hidden, d_view))
-
-        self.heads = nn.ModuleDict({name: head() for name in names})
+        _check_modality_names(names)
+        self.heads = nn.ModuleDict({name: _head(d_in, d_view, hidden) for name in names})
 
     @property
     def modalities(self) -> list[str]:
@@ -271,6 +284,76 @@ class ModalityViews(nn.Module):
 
     def forward(self, id_repr: torch.Tensor) -> dict[str, torch.Tensor]:
         return {name: head(id_repr) for name, head in self.heads.items()}
+
+
+def standardize(features: torch.Tensor) -> torch.Tensor:
+    """``features (n_items, d)`` with every column at mean 0 and standard deviation 1 over the items.
+
+    Raw features differ in scale and offset between modalities (MiniLM text
+    embeddings are unit vectors with entries of order 0.05, EfficientNet
+    image features are non-negative, so they share a large common mean
+    direction); standardizing each dimension over the catalogue centres them
+    and puts every modality on one scale, so a freshly initialized encoder
+    maps any of them to outputs of order 1. A constant column (standard
+    deviation below 1e-12) becomes 0. Computed in float64, returned as
+    float32.
+    """
+    x = features.double()
+    std = x.std(dim=0, unbiased=False)
+    scaled = (x - x.mean(dim=0)) / torch.where(std > 1e-12, std, 1.0)
+    return scaled.float()
+
+
+class ContentViews(nn.Module):
+    """Each modality's view of items from that modality's own content features (L_inter).
+
+    ``features``: ``{modality: (n_items, d_m)}`` the raw feature matrices of the
+    dataset's modalities, row i = item i (for example the feature files
+    ``results/features/{dataset}/{modality}.parquet``); they are stored
+    standardized (:func:`standardize`) as non-persistent buffers
+    ``features_{modality}``: data, not weights, so they stay out of the
+    state dict. Each modality has its own encoder ``g_m``: ``Linear(d_m,
+    d_view)``, or with ``hidden`` ``Linear(d_m, hidden) -> GELU ->
+    Linear(hidden, d_view)``.
+
+    ``forward(items (...))`` returns ``{modality: g_m(standardize(f_m)[items])
+    (..., d_view)}``.
+    """
+
+    def __init__(self, features: Mapping[str, torch.Tensor], d_view: int, hidden: int | None = None):
+        super().__init__()
+        if not isinstance(features, Mapping):
+            raise ValueError(f"features must map modality names to (n_items, d) tensors, got {type(features).__name__}")
+        names = list(features)
+        _check_modality_names(names)
+        n_items = None
+        for name in names:
+            x = features[name]
+            if not torch.is_tensor(x) or not x.is_floating_point() or x.dim() != 2 or 0 in x.shape:
+                raise ValueError(f"features[{name!r}] must be a non-empty floating (n_items, d) tensor, got {x!r:.80}")
+            if not torch.isfinite(x).all():
+                raise ValueError(f"features[{name!r}] holds NaN or inf values")
+            if n_items is not None and len(x) != n_items:
+                raise ValueError(
+                    f"features[{name!r}] has {len(x)} rows, features[{names[0]!r}] {n_items}: one per item"
+                )
+            n_items = len(x)
+            self.register_buffer(f"features_{name}", standardize(x), persistent=False)  # (n_items, d_m)
+        self.n_items = n_items
+        self.encoders = nn.ModuleDict({name: _head(features[name].shape[1], d_view, hidden) for name in names})
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.encoders.keys())
+
+    def forward(self, items: torch.Tensor) -> dict[str, torch.Tensor]:
+        if not torch.is_tensor(items) or items.is_floating_point():
+            raise ValueError(f"items must be an integer tensor of item indices, got {items!r:.80}")
+        if items.numel() and (items.min() < 0 or items.max() >= self.n_items):
+            raise ValueError(
+                f"items must be item indices in [0, {self.n_items}), got {int(items.min())}..{int(items.max())}"
+            )
+        return {name: enc(getattr(self, f"features_{name}")[items]) for name, enc in self.encoders.items()}
 
 
 # --- the three MCRL losses ---------------------------------------------------------
@@ -353,13 +436,18 @@ def intra_modal_loss_multi(
     return torch.stack(losses).mean()
 
 
-def inter_modal_loss(views: Mapping[str, torch.Tensor], temperature: float) -> torch.Tensor:
+def inter_modal_loss(
+    views: Mapping[str, torch.Tensor], temperature: float, items: torch.Tensor | None = None
+) -> torch.Tensor:
     """L_inter: ``views[m] (B, d)`` and ``views[n] (B, d)`` of the same item are positives.
 
-    For each pair of modalities, the symmetric InfoNCE
+    For each pair of views (m, n), the symmetric InfoNCE
     ``(InfoNCE(m -> n) + InfoNCE(n -> m)) / 2`` with the other items' views as
-    in-batch negatives; the result is the mean over pairs. Needs at least two
-    modalities and B >= 2.
+    in-batch negatives; the result is the mean over the ``V (V - 1) / 2``
+    pairs of the ``V`` views. Row b's positive is row b; with ``items (B,)``
+    (the item of each row) every row holding the same item is a positive too,
+    so an item that occurs twice in a batch is not its own negative. Needs at
+    least two views and B >= 2.
     """
     names = list(views)
     if len(names) < 2:
@@ -371,7 +459,11 @@ def inter_modal_loss(views: Mapping[str, torch.Tensor], temperature: float) -> t
         _check_pair(first, views[m], f"views[{names[0]!r}]", f"views[{m!r}]")
     batch = len(first)
     _check_in_batch(batch, "views")
-    same_item = torch.eye(batch, dtype=torch.bool, device=first.device)  # (B, B)
+    if items is None:
+        same_item = torch.eye(batch, dtype=torch.bool, device=first.device)  # (B, B)
+    else:
+        _check_labels(items, "items", batch)
+        same_item = items[:, None] == items[None, :]  # (B, B), the diagonal included
     losses = []
     for m, n in itertools.combinations(names, 2):
         m_to_n = info_nce(views[m], views[n], same_item, temperature)

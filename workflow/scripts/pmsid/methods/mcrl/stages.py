@@ -21,7 +21,7 @@ import pyarrow as pa
 from pmsid.data import contracts
 from pmsid.data.loaders import load_id_tables, load_sequences
 from pmsid.methods.mcrl import id_space as space
-from pmsid.methods.mcrl.train import read_labels, train_mcrl
+from pmsid.methods.mcrl.train import read_item_features, read_labels, train_mcrl
 from pmsid.runtime import seed_everything, write_json
 from pmsid.train import recipes
 
@@ -34,6 +34,23 @@ def label_paths(inputs: dict, modalities: list[str]) -> dict[str, str]:
     if missing:
         raise ValueError(f"no pseudo-label input for modality(ies) {missing}; expected inputs labels_{{modality}}")
     return {m: inputs[f"labels_{m}"] for m in modalities}
+
+
+def feature_paths(inputs: dict, modalities: list[str]) -> dict[str, str]:
+    """``{modality: feature file}`` from a rule's inputs named ``features_{modality}``.
+
+    The inputs' modalities must be the dataset's ``modalities``, no more and
+    no fewer; otherwise fails naming both.
+    """
+    given = [name.removeprefix("features_") for name in inputs if name.startswith("features_")]
+    missing = [m for m in modalities if m not in given]
+    extra = [m for m in given if m not in modalities]
+    if missing or extra:
+        raise ValueError(
+            f"the feature inputs are for modalities {given}, the dataset's are {list(modalities)} "
+            f"(missing {missing}, unexpected {extra}); expected one input features_{{modality}} per modality"
+        )
+    return {m: inputs[f"features_{m}"] for m in modalities}
 
 
 def train(
@@ -49,15 +66,18 @@ def train(
 ) -> None:
     """Fine-tune ``inputs["init"]`` (the stage-1 generator) with the losses of ``ablation``.
 
-    With an ``assignment`` input the generator is PMAT's personalized one
-    (each user in its training-time prototype's table); without, TIGER's
-    single table of ``ids``.
+    Reads the pseudo-labels (inputs ``labels_{modality}``) and the content
+    features (inputs ``features_{modality}``) of every modality. With an
+    ``assignment`` input the generator is PMAT's personalized one (each
+    training prefix in the table stage 1 used, ``prefix_tables``); without,
+    TIGER's single table of ``ids``.
     """
     seed_everything(seed, deterministic)
     seqs = load_sequences(inputs["interactions"], inputs["catalogue"])
     codes, tables = load_id_tables(inputs, seqs)
     user_tables = None if tables is None else tables["train"]
     labels = read_labels(label_paths(inputs, modalities), seqs.n_items)
+    features = read_item_features(feature_paths(inputs, modalities), seqs.n_items)
     log.info(
         "mcrl_%s: %d users, %d items, modalities %s, seed %d", ablation, seqs.n_users, seqs.n_items, modalities, seed
     )
@@ -67,6 +87,7 @@ def train(
         user_tables,
         inputs["init"],
         labels,
+        features,
         ablation,
         cfg,
         outputs["model"],
@@ -75,6 +96,7 @@ def train(
         checkpoint,
         seed,
         device,
+        prefix_tables=None if tables is None else tables.get("prefix"),
     )
 
 

@@ -16,10 +16,11 @@ same epochs with no MCRL loss, which is exactly the generator's own loss
 optimizer steps.
 
 Each training row is one prefix of a user's training sequence, tokenized in
-the user's ID table (as stage 1 trained it); with P > 1 tables the table is
-also the row's group for L_user (users of one preference prototype share
-positives). The items' pseudo-labels per modality come from the pseudo-label
-stage.
+the ID table stage 1 trained it in (PMAT: the table chosen from the items
+before the row's target); with P > 1 tables the table is also the row's
+group for L_user (rows of one preference prototype share positives). The items' pseudo-labels per modality come from the pseudo-label
+stage (L_intra), their raw content features per modality from the feature
+files (L_inter's content views; :func:`read_item_features`).
 
 Every optimizer step appends one row to the loss-component log
 (:data:`COMPONENTS`): epoch, step, total, L_ID, L_user, L_intra, L_inter (NaN
@@ -30,7 +31,8 @@ continues the same log.
 
 The saved model is a TIGER model file (``pmsid.methods.tiger.rank``
 evaluates it as is) plus an ``"mcrl"`` entry with the joint cfg and the
-heads' weights.
+heads' weights (the content encoders' included; the content features are
+data, not saved).
 """
 
 from __future__ import annotations
@@ -108,12 +110,31 @@ def read_labels(paths: Mapping[str, str], n_items: int) -> dict[str, torch.Tenso
     return labels
 
 
+def read_item_features(paths: Mapping[str, str], n_items: int) -> dict[str, torch.Tensor]:
+    """``{modality: FloatTensor (n_items, d_m)}``, row i = item i, from the feature files (``read_features``).
+
+    Each file must hold item_idx 0..n_items-1 exactly once; otherwise fails
+    naming the file.
+    """
+    features = {}
+    for modality, path in paths.items():
+        item_idx, matrix = contracts.read_features(path)
+        if not np.array_equal(item_idx, np.arange(n_items)):
+            raise ValueError(
+                f"{path}: the {modality} features must cover item_idx 0..{n_items - 1} once each (the dataset's "
+                f"items); found {len(item_idx)} rows, {len(np.unique(item_idx))} distinct items"
+            )
+        features[modality] = torch.from_numpy(matrix)
+    return features
+
+
 def train_mcrl(
     seqs: Sequences,
     codes: np.ndarray,
     user_tables: np.ndarray | None,
     init_model_path: str | os.PathLike,
     labels: Mapping[str, torch.Tensor],
+    features: Mapping[str, torch.Tensor],
     ablation: str,
     cfg: Mapping | None,
     model_path: str | os.PathLike,
@@ -123,13 +144,18 @@ def train_mcrl(
     seed: int | None,
     device: str = "auto",
     progress: bool = True,
+    prefix_tables: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """Fine-tune the stage-1 generator in ``init_model_path`` with the losses of ``ablation``.
 
     ``codes (n_items, D)`` or ``(P, n_items, D)`` and ``user_tables (U,)``
     must be the ones stage 1 trained on (checked against the model file);
+    ``prefix_tables (S,)``, when given, the table of each training prefix
+    as stage 1 used it (PMAT: chosen from the items before the target);
     ``labels`` maps each modality of the dataset to the items' pseudo-labels
-    (its keys are the modalities the views are built for); ``cfg`` see
+    (its keys are the modalities the views are built for), ``features`` the
+    same modalities to the items' raw content features ``(n_items, d_m)``
+    (:func:`read_item_features`); ``cfg`` see
     :data:`DEFAULTS`. The generator's own hyperparameters (batch size, weight
     decay, schedule, clipping, beam) come from the stage-1 model file.
 
@@ -139,6 +165,10 @@ def train_mcrl(
     if ablation not in ABLATIONS:
         raise ValueError(f"unknown MCRL ablation {ablation!r}; expected one of {list(ABLATIONS)}")
     cfg = resolve_cfg(cfg)
+    if set(features) != set(labels):
+        raise ValueError(
+            f"features has modalities {list(features)}, labels {list(labels)}: pass both for the dataset's modalities"
+        )
     saved = recipes.load_model(init_model_path, "tiger")
     gen_cfg = {**recipes.TIGER_DEFAULTS, **saved["cfg"], "progress": progress}
     codes = recipes.check_codes(codes, seqs.n_items)
@@ -158,7 +188,7 @@ def train_mcrl(
         state["codes"] = state["codes"][None]
     generator.load_state_dict(state)
     joint_cfg = {key: cfg[key] for key in JOINT_KEYS} | {"terms": list(ABLATIONS[ablation])}
-    model = JointModel(generator, list(labels), joint_cfg).to(dev)
+    model = JointModel(generator, list(labels), joint_cfg, features).to(dev)
     labels = {m: lab.to(dev) for m, lab in labels.items()}
     log.info(
         "mcrl_%s: losses %s, schedule %s, %d epochs from %s; %d ID tables, users per table %s",
@@ -175,7 +205,9 @@ def train_mcrl(
     _, hist, targets = eval_samples(seqs, "valid", gen_cfg["history_cap"])
     exclude = history_items(seqs, "valid") if gen_cfg["exclude_history"] else None
     users, inputs, train_targets = training_samples(seqs, gen_cfg["history_cap"])
-    data = (torch.from_numpy(inputs), torch.from_numpy(train_targets), torch.from_numpy(user_tables[users]))
+    prefix_tables = recipes.check_prefix_tables(prefix_tables, seqs, len(codes))
+    rows = user_tables[users] if prefix_tables is None else prefix_tables  # (S,) the ID table of each row
+    data = (torch.from_numpy(inputs), torch.from_numpy(train_targets), torch.from_numpy(rows))
     loop_cfg = LoopConfig.from_cfg(
         {
             **gen_cfg,
@@ -188,8 +220,10 @@ def train_mcrl(
     run_key = recipes.training_key("mcrl", {"generator": gen_cfg, "mcrl": cfg, "ablation": ablation}, seed, seqs, codes)
     run_key.update(
         user_tables=hashlib.sha256(user_tables.tobytes()).hexdigest(),
+        row_tables=hashlib.sha256(rows.tobytes()).hexdigest(),
         init=hashlib.sha256(Path(init_model_path).read_bytes()).hexdigest(),
         labels={m: hashlib.sha256(lab.cpu().numpy().tobytes()).hexdigest() for m, lab in labels.items()},
+        features={m: hashlib.sha256(x.cpu().numpy().tobytes()).hexdigest() for m, x in features.items()},
         mcrl_code=_code_hash(),
     )
     run_hash = config_hash(run_key)

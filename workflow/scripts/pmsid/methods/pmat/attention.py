@@ -46,6 +46,7 @@ from tqdm.auto import tqdm
 from pmsid.data.contracts import check_finite
 from pmsid.data.sequences import PAD, Sequences, eval_samples, pad_left, training_samples
 from pmsid.defaults import section_defaults
+from pmsid.methods.pmat.drift import consistency_loss
 from pmsid.runtime import resolve_device, seed_everything
 from pmsid.train.utils import check_loss
 
@@ -64,8 +65,14 @@ DEFAULTS = {
     "weight_decay": 0.01,  # AdamW weight decay
     "alpha_temperature": 1.0,  # T of softmax(score / T) over modalities; higher = flatter alpha
     "history_cap": section_defaults("protocol")["history_cap"],  # most recent history items the network reads
-    "init": "pca",  # projection init: "pca" (per-modality PCA) or "orthogonal"
+    # Projection init: "pca" (per-modality PCA, each modality on its own d // M
+    # coordinates), "pca_shared" (every modality's PCA on the same coordinates;
+    # the old init, kept to reproduce its failure) or "orthogonal".
+    "init": "pca",
     "grad_clip": 1.0,  # max global gradient norm; 0 disables clipping
+    # lambda1 L_cons (theorem 3) over simulated updates of the training
+    # prefixes; these four are config pmat's own keys (see _consistency_term).
+    **{k: section_defaults("pmat")[k] for k in ("lambda1", "window", "lambda_max", "cons_temperature")},
     "progress": True,  # tqdm bar per epoch
 }
 
@@ -78,13 +85,28 @@ class ModalityProjector(nn.Module):
 
     ``dims[m]`` is modality m's raw feature dimension. Default init is
     orthogonal; :meth:`init_pca` replaces it with each modality's PCA (centre,
-    then rotate onto the top ``d`` principal axes). The PCA map is an
-    orthogonal projection of the centred features, so distances within the
-    top-``d`` subspace are kept exactly and cosine neighbourhoods of the
-    untrained projection are those of the centred raw features (centring
-    removes the common direction that makes all sentence embeddings look
-    alike). A modality with fewer than ``d`` raw dimensions (or items) fills
-    the first rows and leaves the rest zero.
+    then rotate onto the top principal axes). The PCA map is an orthogonal
+    projection of the centred features, so distances within the kept
+    subspace are kept exactly and cosine neighbourhoods of the untrained
+    projection are those of the centred raw features (centring removes the
+    common direction that makes all sentence embeddings look alike).
+
+    Where the principal axes go matters, because the modalities share the
+    ``d`` output coordinates and fusion adds them. ``layout="blocks"`` (the
+    default) gives modality m its own ``d // M`` coordinates and its top
+    ``d // M`` axes: at init ``f_m(i) . f_m'(j) = 0`` for m != m', fusion is a
+    weighted concatenation and ``cos(q_u, h_j^u)`` is a sum of per-modality
+    similarities weighted by ``alpha_u``. ``layout="shared"`` puts every
+    modality's top ``d`` axes on the same coordinates 1..d: each modality's
+    dominant structure (e.g. colour in the image, product kind in the text)
+    then lands on the same few coordinates, an item's red picture and some
+    kind's description point the same way, and the cross-modal terms
+    ``alpha_m alpha_m' f_m(i) . f_m'(j)`` of the fused cosine are large and
+    systematic. On planted data that made the learned weights collapse onto
+    one modality and rank the users in reverse (docs/METHOD.md section 4 and
+    ``bench/planted_recovery.py``). A modality with fewer raw
+    dimensions (or items) than its share fills the first rows of it and
+    leaves the rest zero.
     """
 
     def __init__(self, dims: list[int], d: int):
@@ -98,20 +120,34 @@ class ModalityProjector(nn.Module):
             nn.init.zeros_(lin.bias)
 
     @torch.no_grad()
-    def init_pca(self, features: list[np.ndarray]) -> ModalityProjector:
-        """Set each map to the PCA of ``features[m]`` (N, dims[m]); returns self."""
+    def init_pca(self, features: list[np.ndarray], layout: str = "blocks") -> ModalityProjector:
+        """Set each map to the PCA of ``features[m]`` (N, dims[m]); returns self.
+
+        ``layout``: "blocks" (modality m's top ``d // M`` axes on its own
+        coordinates ``m * (d // M) ..``) or "shared" (every modality's top
+        ``d`` axes on coordinates ``0 .. d - 1``); see the class docstring.
+        """
+        if layout not in ("blocks", "shared"):
+            raise ValueError(f"init_pca: layout must be 'blocks' or 'shared', got {layout!r}")
+        width = self.d // len(self.proj) if layout == "blocks" else self.d
+        if width < 1:
+            raise ValueError(
+                f"init_pca: d = {self.d} leaves no coordinate per modality for {len(self.proj)} modalities"
+            )
         for m, (lin, x) in enumerate(zip(self.proj, features)):
             x = np.asarray(x, dtype=np.float64)
             if x.shape[1] != self.dims[m]:
                 raise ValueError(f"modality {m}: features have dim {x.shape[1]}, the projector expects {self.dims[m]}")
             mean = x.mean(axis=0)
             _, _, vt = np.linalg.svd(x - mean, full_matrices=False)  # vt: (min(N, D), D), rows = principal axes
-            k = min(self.d, vt.shape[0])
-            weight = np.zeros((self.d, x.shape[1]))
-            weight[:k] = vt[:k]
+            k = min(width, vt.shape[0])
             # The sign of a principal axis is arbitrary; fix it (largest entry positive) for reproducibility.
-            signs = np.sign(weight[np.arange(self.d), np.abs(weight).argmax(axis=1)])
-            weight *= np.where(signs == 0, 1.0, signs)[:, None]
+            axes = vt[:k]
+            signs = np.sign(axes[np.arange(k), np.abs(axes).argmax(axis=1)])
+            axes = axes * np.where(signs == 0, 1.0, signs)[:, None]
+            start = m * width if layout == "blocks" else 0
+            weight = np.zeros((self.d, x.shape[1]))
+            weight[start : start + k] = axes
             lin.weight.copy_(torch.as_tensor(weight, dtype=lin.weight.dtype))
             lin.bias.copy_(torch.as_tensor(-weight @ mean, dtype=lin.bias.dtype))  # W (x - mean)
         return self
@@ -316,9 +352,13 @@ def resolve_cfg(cfg: dict | None) -> dict:
     if unknown:
         raise ValueError(f"PMAT attention: unknown config key(s) {unknown}; valid keys are {sorted(DEFAULTS)}")
     out = {**DEFAULTS, **cfg}
-    if out["init"] not in ("pca", "orthogonal"):
-        raise ValueError(f"PMAT attention: init must be 'pca' or 'orthogonal', got {out['init']!r}")
-    for key in ("d", "hidden", "epochs", "batch_size", "history_cap", "patience"):
+    if out["init"] not in ("pca", "pca_shared", "orthogonal"):
+        raise ValueError(f"PMAT attention: init must be 'pca', 'pca_shared' or 'orthogonal', got {out['init']!r}")
+    if not out["lambda1"] >= 0:
+        raise ValueError(f"PMAT attention: lambda1 must be >= 0, got {out['lambda1']}")
+    if out["lambda1"] > 0 and not 0 <= out["lambda_max"] <= 1:
+        raise ValueError(f"PMAT attention: lambda_max must be in [0, 1], got {out['lambda_max']}")
+    for key in ("d", "hidden", "epochs", "batch_size", "history_cap", "patience", "window"):
         if int(out[key]) < 1:
             raise ValueError(f"PMAT attention: {key} must be >= 1, got {out[key]}")
     if out["max_samples_per_epoch"] is not None and int(out["max_samples_per_epoch"]) < 2:
@@ -347,10 +387,53 @@ def _check_features(features: list[np.ndarray], n_items: int | None = None) -> l
 
 def _forward(projector: ModalityProjector, attention: UserModalityAttention, raw: list[torch.Tensor], hist):
     """Raw features ``raw[m] (N, D_m)``, histories ``hist (B, H)`` with PAD -> ``alpha (B, M)``, ``q (B, d)``."""
+    return _forward_feats(projector, attention, raw, hist)[:2]
+
+
+def _forward_feats(projector, attention, raw, hist):
+    """As :func:`_forward`, plus the projected history ``(B, H, M, d)`` and its mask ``(B, H)``."""
     mask = hist != PAD
     idx = hist.clamp_min(0)
     feats = projector([x[idx] for x in raw])  # (B, H, M, d)
-    return attention(feats, mask)
+    alpha, q = attention(feats, mask)
+    return alpha, q, feats, mask
+
+
+def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``x (B, H, d)`` over the positions where ``mask (B, H)`` is True."""
+    m = mask.to(x.dtype)[..., None]
+    return (x * m).sum(dim=1) / m.sum(dim=1).clamp_min(1.0)
+
+
+def _consistency_term(attention, feats, mask, alpha_long, cfg) -> torch.Tensor:
+    """``L_cons`` (theorem 3, :func:`pmsid.methods.pmat.drift.consistency_loss`) of a simulated update per prefix.
+
+    For each training prefix (history ``feats (B, H, M, d)``, ``mask``, its
+    weights ``alpha_long`` from the whole prefix): ``alpha_new`` = the
+    network on the last ``W = window`` items, the update
+    ``alpha_{t+1} = (1 - lam) alpha_long + lam alpha_new`` with
+    ``lam = lambda_max``, and
+
+    - ``h_t``: mean fused history under ``alpha_long`` (detached: the old state);
+    - ``h_{t+1}``: mean fused history under ``alpha_{t+1}``;
+    - interest: mean fused last W items under ``alpha_{t+1}``,
+
+    with the other prefixes' interests as in-batch negatives. Why ``lam =
+    lambda_max``: the replay applies ``lam = g(drift)`` in ``(0,
+    lambda_max]`` and only where the drift exceeds theta, which almost no
+    training prefix does; training at the cap makes the largest update the
+    replay can make the one the network is consistent under, and the rate
+    is the config's, not a second constant.
+    """
+    window = int(cfg["window"])
+    lam = float(cfg["lambda_max"])
+    recent, recent_mask = feats[:, -window:], mask[:, -window:]  # left padding: the last W columns are the newest
+    alpha_new, _ = attention(recent, recent_mask)
+    alpha_next = (1.0 - lam) * alpha_long + lam * alpha_new
+    h_t = _masked_mean(fuse(feats, alpha_long.detach()[:, None]), mask).detach()
+    h_next = _masked_mean(fuse(feats, alpha_next[:, None]), mask)
+    interest = _masked_mean(fuse(recent, alpha_next[:, None]), recent_mask)
+    return consistency_loss(h_next, h_t, interest, lam, temperature=cfg["cons_temperature"])
 
 
 @torch.no_grad()
@@ -388,10 +471,17 @@ def train_modality_attention(
     beside it. Early stopping after ``patience`` epochs without improvement;
     the best epoch's weights are returned.
 
+    With ``lambda1 > 0`` the objective is ``InfoNCE + lambda1 * L_cons``,
+    ``L_cons`` over one simulated drift update per training prefix
+    (:func:`_consistency_term`; keys ``window``, ``lambda_max``,
+    ``cons_temperature``, the config's pmat keys). ``lambda1 = 0`` adds
+    nothing and computes nothing: the training is the plain InfoNCE one.
+
     cfg keys (defaults in :data:`DEFAULTS`): d 64, hidden 32, epochs 20,
     max_samples_per_epoch None (all prefixes), batch_size 256, lr 3e-3,
     projector_lr 3e-4, weight_decay 0.01, temperature 0.1, alpha_temperature 1.0, history_cap 20, patience 2,
-    init "pca", grad_clip 1.0, progress True. An unknown key fails.
+    init "pca", grad_clip 1.0, lambda1 0.1, window 5, lambda_max 0.5,
+    cons_temperature 0.1, progress True. An unknown key fails.
 
     The log has one row per epoch: ``epoch, step, loss, valid_infonce,
     valid_recall10, alpha_std`` (std of the valid users' weights, averaged
@@ -405,8 +495,8 @@ def train_modality_attention(
     started = time.perf_counter()
 
     projector = ModalityProjector([x.shape[1] for x in features], cfg["d"])
-    if cfg["init"] == "pca":
-        projector.init_pca(features)
+    if cfg["init"] in ("pca", "pca_shared"):
+        projector.init_pca(features, layout="blocks" if cfg["init"] == "pca" else "shared")
     attention = UserModalityAttention(len(features), cfg["d"], cfg["hidden"], cfg["alpha_temperature"])
     projector.to(dev)
     attention.to(dev)
@@ -438,7 +528,7 @@ def train_modality_attention(
         projector.train()
         attention.train()
         order = torch.randperm(len(targets), generator=gen)[: cfg["max_samples_per_epoch"]].to(dev)
-        total, count = 0.0, 0
+        total, count, cons_total = 0.0, 0, 0.0
         bar = tqdm(
             range(0, len(order), cfg["batch_size"]),
             desc=f"pmat-attention epoch {epoch}",
@@ -450,9 +540,13 @@ def train_modality_attention(
             idx = order[s : s + cfg["batch_size"]]
             if len(idx) < 2:  # one row has no negative
                 continue
-            alpha, q = _forward(projector, attention, raw, hist[idx])
+            alpha, q, feats, mask = _forward_feats(projector, attention, raw, hist[idx])
             target_feats = projector([x[targets[idx]] for x in raw])  # (B, M, d)
             loss = next_item_infonce(q, alpha, target_feats, cfg["temperature"], targets[idx])
+            if cfg["lambda1"] > 0:  # lambda1 = 0 computes nothing more: the training is exactly the plain one
+                cons = _consistency_term(attention, feats, mask, alpha, cfg)
+                loss = loss + cfg["lambda1"] * cons
+                cons_total += cons.item() * len(idx)
             step += 1
             check_loss(loss, step, "pmat-attention")
             optimizer.zero_grad(set_to_none=True)
@@ -485,6 +579,7 @@ def train_modality_attention(
         if improved:
             state = {"projector": projector.state_dict(), "attention": attention.state_dict()}
             best.update(loss=v_loss, epoch=epoch, recall=v_recall, state=copy.deepcopy(state))
+            best["consistency"] = cons_total / max(count, 1) if cfg["lambda1"] > 0 else None
             bad = 0
         else:
             bad += 1
@@ -509,6 +604,7 @@ def train_modality_attention(
         "valid_infonce": best["loss"],
         "valid_recall10": best["recall"],
         "n_train_samples": int(len(targets)),
+        "train_consistency": best.get("consistency"),  # mean L_cons of the best epoch (None when lambda1 = 0)
     }
     frame = pd.DataFrame(
         rows, columns=["epoch", "step", "loss", "valid_infonce", "valid_recall10", "alpha_std", "seconds"]

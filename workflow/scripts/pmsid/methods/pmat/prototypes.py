@@ -29,10 +29,23 @@ P = 1 is global fusion (FusID / MMQ style, the main ablation): with one
 prototype w the stacked rows are exactly sum_m w_m f_m, and the IDs equal
 :func:`global_fusion_ids` bit for bit (tests/test_pmat_prototypes.py).
 
-Note this fusion is a weighted *sum* of vectors in one shared space, unlike
-quantize.rq_kmeans.fuse_modalities, which concatenates sqrt-weighted blocks
-of different encoders; PMAT needs the shared space so that a change of
-weights moves the fused point continuously (the premise of Theorem 1).
+Two fusions (``fusion``):
+
+- ``"sum"``: the thesis's equation above, a weighted *sum* of the projected
+  features in the shared space of the preference network;
+- ``"concat"``: the fusion of the TIGER baseline
+  (:func:`pmsid.quantize.rq_kmeans.fuse_modalities`) with the prototype's
+  weights, ``h_i^p = concat_m(sqrt(w_{p,m}) x_m(i) / ||x_m(i)||)`` over the
+  raw (extracted) features ``x_m``: squared distances become
+  ``sum_m w_{p,m} ||x_m(i)/|x_m(i)| - x_m(j)/|x_m(j)|||^2``, a per-prototype
+  weighting of each modality's own distances. A sum of two modalities'
+  vectors in one space can land two items that differ in both on the same
+  point; concatenation keeps each modality's block apart.
+
+Both move the fused point continuously with the weights (the premise of
+Theorem 1). With ``"concat"`` and equal weights, P = 1 is exactly the TIGER
+baseline's fusion, so the global-fusion ablation is never weaker than the
+baseline's tokenizer by construction of its input.
 """
 
 from __future__ import annotations
@@ -43,11 +56,12 @@ import numpy as np
 from sklearn.cluster import KMeans
 
 from pmsid.data.contracts import check_finite
-from pmsid.quantize.rq_kmeans import DEFAULT_N_INIT, RQKMeans, add_dedup_level
+from pmsid.quantize.rq_kmeans import DEFAULT_N_INIT, RQKMeans, add_dedup_level, fuse_modalities
 
 log = logging.getLogger(__name__)
 
 SIMPLEX_TOL = 1e-6  # how far a weight vector's sum may stray from 1
+FUSIONS = ("sum", "concat")  # see the module docstring
 
 
 # --- fusion ---------------------------------------------------------------------
@@ -114,6 +128,41 @@ def _fuse(features: list[np.ndarray], weights: np.ndarray) -> np.ndarray:
     for w_m, f_m in zip(weights[1:], features[1:]):
         fused += w_m * f_m
     return fused
+
+
+def _check_fusion(fusion: str) -> None:
+    if fusion not in FUSIONS:
+        raise ValueError(f"PMAT fusion must be one of {list(FUSIONS)} (config pmat.fusion), got {fusion!r}")
+
+
+def _check_items(features: list[np.ndarray]) -> list[np.ndarray]:
+    """Per-modality raw features for ``"concat"``: M (N, D_m) matrices over the same N items, float64."""
+    if not isinstance(features, (list, tuple)) or len(features) == 0:
+        raise ValueError("features must be a non-empty list of per-modality (n_items, dim) matrices")
+    out = [np.asarray(mat, dtype=np.float64) for mat in features]
+    for m, mat in enumerate(out):
+        if mat.ndim != 2 or len(mat) != len(out[0]) or len(mat) == 0:
+            raise ValueError(
+                f"features[{m}] has shape {mat.shape}; every modality must be a non-empty (n_items, dim) matrix "
+                f"listing the same {len(out[0])} items in the same order"
+            )
+        check_finite(mat, f"PMAT fusion (features[{m}])")
+    return out
+
+
+def fuse(features: list[np.ndarray], weights: np.ndarray, fusion: str = "sum") -> np.ndarray:
+    """One table's fused rows under ``weights (M,)``: :func:`fuse_weighted` for
+    ``"sum"``, the sqrt-weighted concatenation of L2-normalized blocks for
+    ``"concat"`` (see the module docstring). Float64 ``(N, d)`` or ``(N, sum_m D_m)``."""
+    _check_fusion(fusion)
+    if fusion == "sum":
+        return fuse_weighted(features, weights)
+    feats = _check_items(features)
+    w = np.asarray(weights, dtype=np.float64)
+    if w.shape != (len(feats),):
+        raise ValueError(f"weights must have shape ({len(feats)},), one per modality in features; got {w.shape}")
+    _check_simplex(w, "weights")
+    return fuse_modalities(feats, w)
 
 
 def fuse_weighted(features: list[np.ndarray], weights: np.ndarray) -> np.ndarray:
@@ -280,7 +329,9 @@ class PersonalizedTokenizer:
     """Shared residual codebooks over P prototype tables (PMAT module 1).
 
     ``fit(features, prototype_weights)`` fuses the catalogue under every
-    prototype (Personalized fusion eq., H_p = sum_m w_{p,m} f_m) and fits one
+    prototype (``fusion`` "sum": Personalized fusion eq., H_p = sum_m
+    w_{p,m} f_m over the projected features; "concat": the sqrt-weighted
+    concatenation over the raw features, see the module docstring) and fits one
     :class:`RQKMeans` (``levels`` x ``codes``, ``seed``, ``n_init``) on the
     stacked rows [H_0; ...; H_{P-1}] (P * N, d). With ``max_fit_rows`` set
     and P * N above it, the codebooks are fitted on a deterministic
@@ -309,16 +360,22 @@ class PersonalizedTokenizer:
         seed: int | None = 0,
         n_init: int = DEFAULT_N_INIT,
         max_fit_rows: int | None = None,
+        fusion: str = "sum",
     ):
         _check_max_fit_rows(max_fit_rows, codes)
+        _check_fusion(fusion)
+        self.fusion = fusion
         self.quantizer = RQKMeans(levels, codes, seed=seed, n_init=n_init)
         self.levels, self.codes, self.seed, self.n_init = levels, codes, seed, n_init
         self.max_fit_rows = max_fit_rows
         self.n_fit_rows: int | None = None  # rows the codebooks were fitted on
 
-    @staticmethod
-    def _inputs(features: list[np.ndarray], prototype_weights: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
-        feats = _check_features(features)
+    def _fuse(self, features: list[np.ndarray], weights: np.ndarray) -> np.ndarray:
+        """One table's fused rows under ``weights (M,)`` by this tokenizer's fusion."""
+        return _fuse(features, weights) if self.fusion == "sum" else fuse_modalities(features, weights)
+
+    def _inputs(self, features: list[np.ndarray], prototype_weights: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+        feats = _check_features(features) if self.fusion == "sum" else _check_items(features)
         w = np.asarray(prototype_weights, dtype=np.float64)
         if w.ndim != 2 or len(w) == 0 or w.shape[1] != len(feats):
             raise ValueError(
@@ -339,11 +396,11 @@ class PersonalizedTokenizer:
                 f"than codes = {self.codes}; raise max_fit_rows to at least {self.codes * len(w)}"
             )
         if rows is None:
-            stacked = np.concatenate([_fuse(feats, w_p) for w_p in w])  # (P * N, d)
+            stacked = np.concatenate([self._fuse(feats, w_p) for w_p in w])  # (P * N, d)
         else:
             # Fuse only the sampled items of each table: memory O(max_fit_rows * d).
             table, item = np.divmod(rows, n_items)
-            stacked = np.concatenate([_fuse([f[item[table == p]] for f in feats], w_p) for p, w_p in enumerate(w)])
+            stacked = np.concatenate([self._fuse([f[item[table == p]] for f in feats], w_p) for p, w_p in enumerate(w)])
             log.info(
                 "fitting codebooks on a subsample of %d of %d rows (%d per table)",
                 len(stacked),
@@ -357,7 +414,7 @@ class PersonalizedTokenizer:
     def encode(self, features: list[np.ndarray], prototype_weights: np.ndarray) -> np.ndarray:
         """IDs (P, N, levels + 1) int64: shared-codebook tokens + per-table dedup token."""
         feats, w = self._inputs(features, prototype_weights)
-        return np.stack([add_dedup_level(self.quantizer.encode(_fuse(feats, w_p))) for w_p in w])
+        return np.stack([add_dedup_level(self.quantizer.encode(self._fuse(feats, w_p))) for w_p in w])
 
     def fit_encode(self, features: list[np.ndarray], prototype_weights: np.ndarray) -> np.ndarray:
         """``fit`` then ``encode`` on the same inputs."""
@@ -373,16 +430,17 @@ def global_fusion_ids(
     n_init: int = DEFAULT_N_INIT,
     max_fit_rows: int | None = None,
     return_quantizer: bool = False,
+    fusion: str = "sum",
 ) -> np.ndarray | tuple[np.ndarray, RQKMeans]:
     """Global-fusion semantic IDs (no personalization, the PMAT ablation): (N, levels + 1).
 
-    RQ-KMeans on x = fuse_weighted(features, weights) (one weight vector for
+    RQ-KMeans on x = fuse(features, weights, fusion) (one weight vector for
     every user), encode, append the dedup token. ``max_fit_rows`` subsamples
     the fitting rows by the same rule as :class:`PersonalizedTokenizer`.
     With ``return_quantizer`` also returns the fitted :class:`RQKMeans`.
     """
     _check_max_fit_rows(max_fit_rows, codes)
-    fused = fuse_weighted(features, weights)
+    fused = fuse(features, weights, fusion)
     rows = _fit_rows(1, len(fused), max_fit_rows, seed)
     quantizer = RQKMeans(levels, codes, seed=seed, n_init=n_init).fit(fused if rows is None else fused[rows])
     ids = add_dedup_level(quantizer.encode(fused))

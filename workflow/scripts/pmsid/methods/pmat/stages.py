@@ -28,10 +28,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from scipy.stats import spearmanr
+from scipy.stats import rankdata, spearmanr
 
 from pmsid.data import contracts
 from pmsid.data.loaders import load_sequences, read_assignment
+from pmsid.data.sequences import training_positions, training_samples
+from pmsid.defaults import section_defaults
 from pmsid.methods.pmat import attention as att
 from pmsid.methods.pmat import drift, id_quality, prototypes
 from pmsid.runtime import write_json
@@ -39,6 +41,7 @@ from pmsid.runtime import write_json
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "valid", "test")
+VARIANTS = ("global", "personalized", "oracle")  # pmat_ids' {variant}
 
 
 def _load_features(feature_paths: list[str], n_items: int) -> list[np.ndarray]:
@@ -140,6 +143,14 @@ def _preference_recovery(alphas, modalities, users, truth_path) -> tuple[dict, p
     planted_alpha = merged.loc[known, "alpha_image"].to_numpy()
     image_led = (merged.loc[known, "preference"] == "image").to_numpy()
     rho, p = spearmanr(learned, planted_alpha)
+    # AUC of the learned image weight for image-led vs text-led users: the
+    # chance that a random image-led user gets a higher weight than a random
+    # text-led one (ties count one half); 0.5 = no separation, < 0.5 = reversed.
+    n_image, n_text = int(image_led.sum()), int((~image_led).sum())
+    auc = float("nan")
+    if n_image and n_text:
+        ranks = rankdata(learned)
+        auc = float((ranks[image_led].sum() - n_image * (n_image + 1) / 2) / (n_image * n_text))
     figures = {
         "available": True,
         "reason": None,
@@ -151,11 +162,16 @@ def _preference_recovery(alphas, modalities, users, truth_path) -> tuple[dict, p
         # (the planted split is about half-half), or above 1/2.
         "accuracy_median_threshold": float(((learned > np.median(learned)) == image_led).mean()),
         "accuracy_half_threshold": float(((learned > 0.5) == image_led).mean()),
+        "auc": _finite_or_none(auc),
+        "image_weight_min": float(learned.min()),
+        "image_weight_max": float(learned.max()),
     }
     log.info(
-        "PMAT attention: planted preference recovered with Spearman %.3f (p %.1e), accuracy %.3f (median threshold)",
+        "PMAT attention: planted preference recovered with Spearman %.3f (p %.1e), AUC %.3f, "
+        "accuracy %.3f (median threshold)",
         rho,
         p,
+        auc,
         figures["accuracy_median_threshold"],
     )
     planted = merged["preference"].astype(object).where(merged["preference"].notna(), None).reset_index(drop=True)
@@ -173,24 +189,39 @@ def tokenize(
     tokenizer: dict,
     outputs: dict,
     max_fit_rows: int | None = None,
+    fusion: str = section_defaults("pmat")["fusion"],
 ) -> np.ndarray:
     """Prototypes, assignment and personalized ID tables; writes ids, prototypes, assignment, quality.
 
     ``variant`` "global": one prototype, the mean of the users' weights
     (global fusion); "personalized": ``n_prototypes`` (config
-    ``pmat.prototypes``). ``inputs``: ``attention`` (the trained network),
-    ``features``, ``interactions``, ``catalogue``. Returns ids (P, N, L + 1).
+    ``pmat.prototypes``) from the learned weights; "oracle": the same from
+    the users' *planted* weights (inputs ``truth`` and ``users``,
+    :func:`planted_weights`), every prefix in its user's planted table: the
+    mechanism with perfect preferences, a reference row, not a method. ``fusion`` (config ``pmat.fusion``): "sum" fuses
+    the preference network's projected features, "concat" the raw features
+    as the TIGER baseline does (``prototypes`` module docstring). ``inputs``: ``attention`` (the trained network),
+    ``features``, ``interactions``, ``catalogue``. ``outputs``: ``ids``,
+    ``prototypes``, ``assignment`` (each user's table from its training
+    items), ``prefix_tables`` (each training prefix's table from the items
+    before its target, :func:`prefix_tables`), ``quality``. Returns ids
+    (P, N, L + 1).
     """
-    if variant not in ("global", "personalized"):
-        raise ValueError(f"PMAT tokenize: variant must be 'global' or 'personalized', got {variant!r}")
+    if variant not in VARIANTS:
+        raise ValueError(f"PMAT tokenize: variant must be one of {list(VARIANTS)}, got {variant!r}")
     seqs = load_sequences(inputs["interactions"], inputs["catalogue"])
     features = _load_features(inputs["features"], seqs.n_items)
     bundle = _load_bundle(inputs["attention"])
     f = att.project_features(bundle, features)
-    alphas = att.user_weights(bundle, features, seqs, "train")
+    if variant == "oracle":
+        alphas = planted_weights(inputs, modalities, seqs.n_users)
+    else:
+        alphas = att.user_weights(bundle, features, seqs, "train")
     P = 1 if variant == "global" else int(n_prototypes)
     if seqs.n_users < P:
         raise ValueError(f"config: pmat.prototypes = {P} exceeds the dataset's {seqs.n_users} users; lower it")
+    if variant == "oracle":
+        P = min(P, len(np.unique(alphas, axis=0)))  # pure planted preferences have few distinct weights
     weights, assignment = prototypes.cluster_prototypes(alphas, P, seed=tokenizer["seed"])
     tok = prototypes.PersonalizedTokenizer(
         tokenizer["levels"],
@@ -198,8 +229,10 @@ def tokenize(
         seed=tokenizer["seed"],
         n_init=tokenizer["n_init"],
         max_fit_rows=max_fit_rows,
+        fusion=fusion,
     )
-    ids = tok.fit_encode(f, weights)
+    fused_inputs = f if fusion == "sum" else features
+    ids = tok.fit_encode(fused_inputs, weights)
 
     contracts.write_personalized_ids(
         outputs["ids"], ids, metadata={"variant": variant, "levels": tokenizer["levels"], "codes": tokenizer["codes"]}
@@ -216,17 +249,85 @@ def tokenize(
         contracts.PROTOTYPES,
     )
     _write_assignment({split: assignment for split in SPLITS}, outputs["assignment"])
-    quality = _quality(ids, weights, f, tokenizer["codes"])
+    if variant == "oracle":  # the planted preference does not depend on the history
+        users, positions = training_positions(seqs)
+        prefix = pd.DataFrame({"user_idx": users.astype(np.int32), "position": positions.astype(np.int32),
+                               "prototype": assignment[users].astype(np.int32)})  # fmt: skip
+    else:
+        prefix = prefix_tables(bundle, features, seqs, weights)
+    contracts.write_table(prefix, outputs["prefix_tables"], contracts.PREFIX_TABLES)
+    quality = _quality(ids, weights, fused_inputs, tokenizer["codes"], fusion)
     contracts.write_table(quality, outputs["quality"], contracts.ID_QUALITY)
     whole = quality[quality["level"] == -1].set_index("metric")["value"]
     log.info(
-        "PMAT %s IDs: P = %d, prototype sizes %s, uniqueness before dedup %.3f (mean over tables)",
+        "PMAT %s IDs (%s fusion): P = %d, prototype sizes %s, uniqueness before dedup %.3f (mean over tables)",
         variant,
+        fusion,
         P,
         np.bincount(assignment, minlength=P).tolist(),
         whole["uniqueness_before_dedup"],
     )
     return ids
+
+
+def planted_weights(inputs: dict, modalities: list[str], n_users: int) -> np.ndarray:
+    """Each user's planted modality weights ``(U, M)``: ``alpha_image`` on
+    image, ``1 - alpha_image`` on text, 0 on any other modality (inputs
+    ``users``, contract USERS, and ``truth``, the planted-preference table
+    with ``user_id`` and ``alpha_image``)."""
+    missing = [name for name in ("users", "truth") if name not in inputs]
+    if missing:
+        raise ValueError(f"PMAT oracle: inputs {missing} missing; the oracle needs a dataset with planted preferences")
+    if "image" not in modalities or "text" not in modalities:
+        raise ValueError(
+            f"PMAT oracle: planted preferences are image vs text; the dataset's modalities are {modalities}"
+        )
+    users = contracts.read_table(inputs["users"], contracts.USERS)
+    truth = pd.read_parquet(inputs["truth"])
+    if not {"user_id", "alpha_image"} <= set(truth.columns):
+        raise ValueError(f"{inputs['truth']}: expected columns user_id and alpha_image, got {list(truth.columns)}")
+    merged = users.merge(truth, on="user_id", how="left", validate="one_to_one").sort_values("user_idx")
+    if len(merged) != n_users or merged["alpha_image"].isna().any():
+        raise ValueError(f"{inputs['truth']}: {int(merged['alpha_image'].isna().sum())} users have no planted weight")
+    alpha = merged["alpha_image"].to_numpy(np.float64)
+    weights = np.zeros((n_users, len(modalities)))
+    weights[:, modalities.index("image")] = alpha
+    weights[:, modalities.index("text")] = 1.0 - alpha
+    return weights
+
+
+def prefix_tables(
+    bundle: att.AttentionBundle, features: list[np.ndarray], seqs, prototype_weights: np.ndarray
+) -> pd.DataFrame:
+    """The ID table of every training prefix, chosen from the items before its target only.
+
+    A prefix of user u predicting item ``s_u[t]`` is tokenized in the table
+    of the prototype nearest to the weights the preference network gives its
+    history ``s_u[:t]`` (its last ``history_cap`` items): the rule a user's
+    table follows at evaluation, where the weights come from the items
+    before the ranked target. Choosing it from the whole training sequence
+    instead would let the target, and later items, pick the table it is
+    predicted in. Returns a PREFIX_TABLES frame, one row per row of
+    ``training_samples``.
+    """
+    users, positions = training_positions(seqs)
+    _, hist, _ = training_samples(seqs, bundle.cfg["history_cap"])
+    if len(prototype_weights) == 1:
+        tables = np.zeros(len(users), np.int64)
+    else:
+        tables = prototypes.assign_prototypes(att.histories_weights(bundle, features, hist), prototype_weights)
+    log.info(
+        "PMAT prefix tables: %d training prefixes, per table %s",
+        len(tables),
+        np.bincount(tables, minlength=len(prototype_weights)).tolist(),
+    )
+    return pd.DataFrame(
+        {
+            "user_idx": users.astype(np.int32),
+            "position": positions.astype(np.int32),
+            "prototype": tables.astype(np.int32),
+        }
+    )
 
 
 def _write_assignment(per_split: dict, path: str) -> None:
@@ -237,12 +338,17 @@ def _write_assignment(per_split: dict, path: str) -> None:
     contracts.write_table(pd.concat(frames, ignore_index=True), path, contracts.ASSIGNMENT)
 
 
-def _quality(ids: np.ndarray, weights: np.ndarray, f: list[np.ndarray], codebook_size: int) -> pd.DataFrame:
-    """ID quality in ID_QUALITY form: per-table figures averaged over the P tables, plus Theorem 1's."""
+def _quality(
+    ids: np.ndarray, weights: np.ndarray, f: list[np.ndarray], codebook_size: int, fusion: str = "sum"
+) -> pd.DataFrame:
+    """ID quality in ID_QUALITY form: per-table figures averaged over the P tables, plus Theorem 1's.
+
+    Semantic consistency is measured on the rows each table was quantized
+    from (``f`` fused by ``fusion`` under the table's weights)."""
     per_table = id_quality.table_id_quality(ids, codebook_size)
     consistency = pd.concat(
         [
-            id_quality.semantic_consistency_frame(ids[p], prototypes.fuse_weighted(f, weights[p])).assign(table=p)
+            id_quality.semantic_consistency_frame(ids[p], prototypes.fuse(f, weights[p], fusion)).assign(table=p)
             for p in range(len(ids))
         ],
         ignore_index=True,
