@@ -226,7 +226,7 @@ def test_default_dag_builds_and_lint_is_clean(tmp_path):
         "mcrl_tsne",
     ]:
         assert rule in dry_run_jobs(result.stdout), f"job {rule} missing from the default DAG"
-    assert "train_pmat_full" not in dry_run_jobs(result.stdout), "pmat_full ranks with pmat_static's model"
+    assert "train_pmat_full" not in dry_run_jobs(result.stdout), "pmat_full ranks with pmat.generator's model"
     lint = run_snakemake(tmp_path, "--lint", "--configfile", str(DEFAULT), timeout=300)
     assert lint.returncode == 0, lint.stdout[-3000:] + lint.stderr[-3000:]
     assert "Congratulations" in lint.stdout + lint.stderr
@@ -247,7 +247,7 @@ def test_mcrl_on_a_one_modality_dataset_without_l_inter_starts_from_tiger(tmp_pa
     synthetic = [j for j in jobs if "rule train:" in j and "method=mcrl_" in j and "dataset=synthetic" in j]
     assert len(ml100k) == len(synthetic) == 3
     assert all("results/train/ml-100k/tiger/seed0/model.pt" in j for j in ml100k)
-    assert all("results/train/synthetic/pmat_static/seed0/model.pt" in j for j in synthetic)
+    assert all("results/train/synthetic/pmat_static_token/seed0/model.pt" in j for j in synthetic)
 
 
 REAL_DATASETS = [

@@ -58,9 +58,9 @@ def test_floors_need_only_the_dataset(config):
     assert ranked["model"] == "results/train/ml-100k/random/seed3/model.pt"
 
 
-def test_pmat_full_ranks_with_pmat_static_under_the_replayed_tables(config):
+def test_pmat_full_ranks_with_the_pmat_generator_under_the_replayed_tables(config):
     files = manifest.method_inputs(config, "pmat_full", "synthetic", 1, "evaluate", PATTERNS)
-    assert files["model"] == "results/train/synthetic/pmat_static/seed1/model.pt"
+    assert files["model"] == "results/train/synthetic/pmat_static_token/seed1/model.pt"
     assert files["ids"] == "results/tokenize/synthetic/pmat_personalized/seed1/ids.parquet"
     assert files["assignment"] == "results/pmat/synthetic/seed1/replay/assignment.parquet"
     static = manifest.method_inputs(config, "pmat_static", "synthetic", 1, "evaluate", PATTERNS)
@@ -69,7 +69,7 @@ def test_pmat_full_ranks_with_pmat_static_under_the_replayed_tables(config):
 
 def test_mcrl_trains_from_its_stage_one_model_with_every_modalitys_labels(config):
     files = manifest.method_inputs(config, "mcrl_all", "synthetic", 0, "train", PATTERNS)
-    assert files["init"] == "results/train/synthetic/pmat_static/seed0/model.pt"
+    assert files["init"] == "results/train/synthetic/pmat_static_token/seed0/model.pt"
     assert {k for k in files if k.startswith("labels_")} == {"labels_text", "labels_image"}
     config["pmat"]["datasets"] = ["synthetic"]
     plain = manifest.method_inputs(config, "mcrl_all", "ml-100k", 0, "train", PATTERNS)

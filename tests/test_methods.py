@@ -70,10 +70,10 @@ def test_a_method_left_out_of_methods_does_not_run():
     assert "sasrec" in names and not names & {"mostpop", "random", "tiger"}
 
 
-def test_mcrl_starts_from_pmat_static_where_pmat_runs_else_tiger():
+def test_mcrl_starts_from_the_pmat_generator_where_pmat_runs_else_tiger():
     cfg = {**default_config(), "pmat": {**default_config()["pmat"], "datasets": ["synthetic"]}}
     spec = registry.get("mcrl_user")
-    assert "model:pmat_static" in spec.train_needs(cfg, "synthetic")
+    assert f"model:{cfg['pmat']['generator']}" in spec.train_needs(cfg, "synthetic")
     assert "model:tiger" in spec.train_needs(cfg, "ml-100k")
     assert spec.rank_needs(cfg, "synthetic") == ("pmat_replayed_tables",)
     assert spec.rank_needs(cfg, "ml-100k") == ("rqkmeans_ids",)
@@ -81,10 +81,10 @@ def test_mcrl_starts_from_pmat_static_where_pmat_runs_else_tiger():
 
 def test_pmat_generator_chooses_what_the_replay_and_mcrl_build_on():
     cfg = default_config()
-    assert registry.get("pmat_full").model_owner(cfg) == "pmat_static"
-    cfg["pmat"] = {**cfg["pmat"], "generator": "pmat_static_token"}
     assert registry.get("pmat_full").model_owner(cfg) == "pmat_static_token"
-    assert "model:pmat_static_token" in registry.get("mcrl_all").train_needs(cfg, "synthetic")
+    cfg["pmat"] = {**cfg["pmat"], "generator": "pmat_static"}
+    assert registry.get("pmat_full").model_owner(cfg) == "pmat_static"
+    assert "model:pmat_static" in registry.get("mcrl_all").train_needs(cfg, "synthetic")
     cfg["pmat"]["generator"] = "tiger"
     with pytest.raises(ValueError, match="pmat.generator must be one of"):
         registry.get("pmat_full").model_owner(cfg)
