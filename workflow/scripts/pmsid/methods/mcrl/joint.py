@@ -224,17 +224,21 @@ class JointModel(nn.Module):
                 raise ValueError(f"modality name {ID_VIEW!r} is L_inter's name for the ID view; rename the modality")
             self.content = ContentViews({m: features[m] for m in names}, d_out, hidden)
 
-    def _check_features(self, features) -> None:
-        """Fail naming ``features`` unless it maps exactly :attr:`modalities` to ``(n_items, d)`` matrices."""
-        if not isinstance(features, Mapping):
-            raise ValueError(f"features must map modality names to (n_items, d) tensors, got {type(features).__name__}")
-        missing = [m for m in self.modalities if m not in features]
-        extra = [m for m in features if m not in self.modalities]
+    def _check_modalities(self, mapping, name: str, shape: str, owner: str) -> None:
+        """Fail naming ``name`` unless ``mapping`` is a Mapping keyed by exactly :attr:`modalities`."""
+        if not isinstance(mapping, Mapping):
+            raise ValueError(f"{name} must map modality names to {shape} tensors, got {type(mapping).__name__}")
+        missing = [m for m in self.modalities if m not in mapping]
+        extra = [m for m in mapping if m not in self.modalities]
         if missing or extra:
             raise ValueError(
-                f"features has modalities {list(features)}, the dataset {self.modalities} "
+                f"{name} has modalities {list(mapping)}, {owner} {self.modalities} "
                 f"(missing {missing}, unexpected {extra})"
             )
+
+    def _check_features(self, features) -> None:
+        """Fail naming ``features`` unless it maps exactly :attr:`modalities` to ``(n_items, d)`` matrices."""
+        self._check_modalities(features, "features", "(n_items, d)", "the dataset")
         n_items = self.generator.n_items
         for m in self.modalities:
             x = features[m]
@@ -269,15 +273,7 @@ class JointModel(nn.Module):
                 f"labels is required while L_intra is active (a = {self.cfg['a']}): pass the items' pseudo-labels "
                 f"{{modality: LongTensor (n_items,)}} for {self.modalities}, or set a: 0"
             )
-        if not isinstance(labels, Mapping):
-            raise ValueError(f"labels must map modality names to (n_items,) tensors, got {type(labels).__name__}")
-        missing = [m for m in self.modalities if m not in labels]
-        extra = [m for m in labels if m not in self.modalities]
-        if missing or extra:
-            raise ValueError(
-                f"labels has modalities {list(labels)}, the model {self.modalities} "
-                f"(missing {missing}, unexpected {extra})"
-            )
+        self._check_modalities(labels, "labels", "(n_items,)", "the model")
         out = {}
         for m in self.modalities:
             lab = labels[m]

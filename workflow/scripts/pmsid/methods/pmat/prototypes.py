@@ -130,6 +130,15 @@ def _fuse(features: list[np.ndarray], weights: np.ndarray) -> np.ndarray:
     return fused
 
 
+def _check_weights(weights, n_modalities: int) -> np.ndarray:
+    """One weight vector ``(M,)`` on the simplex, as float64; fails naming ``weights``."""
+    w = np.asarray(weights, dtype=np.float64)
+    if w.shape != (n_modalities,):
+        raise ValueError(f"weights must have shape ({n_modalities},), one per modality in features; got {w.shape}")
+    _check_simplex(w, "weights")
+    return w
+
+
 def _check_fusion(fusion: str) -> None:
     if fusion not in FUSIONS:
         raise ValueError(f"PMAT fusion must be one of {list(FUSIONS)} (config pmat.fusion), got {fusion!r}")
@@ -158,11 +167,7 @@ def fuse(features: list[np.ndarray], weights: np.ndarray, fusion: str = "sum") -
     if fusion == "sum":
         return fuse_weighted(features, weights)
     feats = _check_items(features)
-    w = np.asarray(weights, dtype=np.float64)
-    if w.shape != (len(feats),):
-        raise ValueError(f"weights must have shape ({len(feats)},), one per modality in features; got {w.shape}")
-    _check_simplex(w, "weights")
-    return fuse_modalities(feats, w)
+    return fuse_modalities(feats, _check_weights(weights, len(feats)))
 
 
 def fuse_weighted(features: list[np.ndarray], weights: np.ndarray) -> np.ndarray:
@@ -176,11 +181,7 @@ def fuse_weighted(features: list[np.ndarray], weights: np.ndarray) -> np.ndarray
     the modalities agree.
     """
     feats = _check_features(features)
-    w = np.asarray(weights, dtype=np.float64)
-    if w.shape != (len(feats),):
-        raise ValueError(f"weights must have shape ({len(feats)},), one per modality in features; got {w.shape}")
-    _check_simplex(w, "weights")
-    return _fuse(feats, w)
+    return _fuse(feats, _check_weights(weights, len(feats)))
 
 
 # --- preference prototypes ------------------------------------------------------------
