@@ -1,8 +1,10 @@
 # Two commands on a fresh machine (README "Quick start"):
-#   make run    install into .venv/, run the workflow on config/config.yaml
+#   make run    install into .venv/, run the quick setting (config/config.yaml)
 #   make test   install into .venv/, lint, run the test suite
-# and make run-3seeds: the thesis tables with three seeds (mean ± std).
-# Both install idempotently: a second call reuses .venv/.
+# Named slices of the same config: make main | baselines | pmat | mcrl
+# (results/report/<slice>/); make run-3seeds (three seeds); make thesis (the
+# whole matrix in the thesis setting, config/thesis.yaml, five seeds).
+# Every target installs idempotently: a second call reuses .venv/.
 
 PYTHON ?= python3
 VENV := .venv
@@ -10,7 +12,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CORES ?= all
 
-.PHONY: install run run-3seeds bench-mcrl bench-extract dry-run lint test clean
+.PHONY: install run run-3seeds thesis main baselines pmat mcrl slices-dry-run bench-mcrl bench-extract dry-run lint test clean
 
 install: $(STAMP)
 
@@ -35,6 +37,26 @@ run-3seeds: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES) --rerun-incomplete --configfile config/config.yaml config/three_seeds.yaml
 	@echo
 	@echo "Report: $(CURDIR)/results/report/README.md (mean ± std over seeds 0, 1, 2)"
+
+# The whole matrix in the thesis setting (five seeds; see README "Run time").
+thesis: $(STAMP)
+	$(BIN)/snakemake --cores $(CORES) --rerun-incomplete --configfile config/config.yaml config/thesis.yaml
+	@echo
+	@echo "Report: $(CURDIR)/results/report/README.md (setting: thesis, mean ± std over seeds 0-4)"
+
+# One named slice of config/config.yaml: its runs and its report in results/report/<slice>/.
+main baselines pmat mcrl: $(STAMP)
+	$(BIN)/snakemake --cores $(CORES) --rerun-incomplete $@
+	@echo
+	@echo "Report: $(CURDIR)/results/report/$@/README.md"
+
+# What every named slice would run, in the quick and the thesis setting.
+slices-dry-run: $(STAMP)
+	for config in config/config.yaml "config/config.yaml config/thesis.yaml"; do \
+	  for target in all main baselines pmat mcrl; do \
+	    $(BIN)/snakemake $$target -n --quiet rules --configfile $$config || exit 1; \
+	  done; \
+	done
 
 # Seconds per MCRL training step, each ablation against mcrl_none (needs make run first).
 bench-mcrl: $(STAMP)
@@ -61,4 +83,4 @@ test: lint
 	$(BIN)/python -m pytest -ra
 
 clean:
-	rm -rf results logs benchmarks .snakemake resources/synthetic resources/images
+	rm -rf results logs benchmarks .snakemake resources/synthetic resources/planted resources/images

@@ -28,9 +28,39 @@ localrules:
     synthetic_dataset,
     planted_dataset,
     report,
+    report_main,
+    report_baselines,
+    report_pmat,
+    report_mcrl,
+    main,
+    baselines,
+    pmat,
+    mcrl,
 
 
 rule all:
     default_target: True
     input:
         get_final_outputs(),
+
+
+# The named slices of the matrix (pmsid.manifest.SLICES), each a target:
+# `snakemake main` runs the main comparison and writes results/report/main/.
+rule main:
+    input:
+        rules.report_main.output.index,
+
+
+rule baselines:
+    input:
+        rules.report_baselines.output.index,
+
+
+rule pmat:
+    input:
+        rules.report_pmat.output.index,
+
+
+rule mcrl:
+    input:
+        rules.report_mcrl.output.index,

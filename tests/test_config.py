@@ -96,6 +96,7 @@ def test_omitted_optional_keys_take_documented_defaults():
         (
             {
                 "pmat": {"datasets": ["synthetic"]},
+                "mcrl": {"datasets": ["ml-100k", "synthetic"]},
                 "dataset_specs": {"ml-100k": {"reader": "ml100k", "text_fields": ["title"], "modalities": ["text"]}},
             },
             "mcrl.ablations ['inter', 'user_inter', 'intra_inter', 'all'] train L_inter on 'ml-100k', whose "
@@ -103,7 +104,7 @@ def test_omitted_optional_keys_take_documented_defaults():
         ),
         # MCRL: a dataset that is not run
         (
-            {"datasets": ["synthetic"], "pmat": {"datasets": ["synthetic"]}},
+            {"datasets": ["synthetic"], "pmat": {"datasets": ["synthetic"]}, "mcrl": {"datasets": ["ml-100k"]}},
             "mcrl.datasets lists 'ml-100k', which is not in datasets",
         ),
         # releases: a key of another reader
@@ -237,7 +238,7 @@ def test_mcrl_on_a_one_modality_dataset_without_l_inter_starts_from_tiger(tmp_pa
     override = {
         "pmat": {"datasets": ["synthetic"]},
         "dataset_specs": {"ml-100k": {"reader": "ml100k", "text_fields": ["title"], "modalities": ["text"]}},
-        "mcrl": {"ablations": ["none", "user", "intra"]},
+        "mcrl": {"datasets": ["ml-100k", "synthetic"], "ablations": ["none", "user", "intra"]},
     }
     (tmp_path / "ok.yaml").write_text(yaml.safe_dump(override))
     result = run_snakemake(tmp_path, "-n", "--configfile", str(DEFAULT), str(tmp_path / "ok.yaml"), timeout=300)

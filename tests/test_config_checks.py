@@ -233,6 +233,7 @@ def test_pmat_window_longer_than_history(cfg):
 
 def test_mcrl_dataset_not_run(cfg):
     cfg["datasets"] = ["synthetic"]
+    cfg["mcrl"]["datasets"] = ["ml-100k"]
     cfg["pmat"]["datasets"] = ["synthetic"]
     fails(
         cfg,
@@ -243,6 +244,7 @@ def test_mcrl_dataset_not_run(cfg):
 
 def test_mcrl_inter_on_one_modality(cfg):
     cfg["pmat"]["datasets"] = ["synthetic"]
+    cfg["mcrl"]["datasets"] = ["ml-100k", "synthetic"]
     cfg["dataset_specs"]["ml-100k"] = dict(ONE_TEXT)
     fails(
         cfg,

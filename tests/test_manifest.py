@@ -84,6 +84,7 @@ def test_a_missing_pattern_is_named(config):
 
 
 def test_the_manifest_lists_every_run_with_its_metadata(config):
+    config["mcrl"]["datasets"] = ["ml-100k", "synthetic"]  # the thesis setting's
     entries = manifest.report_manifest(config, PATTERNS)
     runs = registry.runs(config)
     metrics = [e for e in entries if e["kind"] == "metrics"]
@@ -111,7 +112,7 @@ def test_the_tiger_baseline_joins_the_pmat_table_only_where_pmat_runs(config):
     config["pmat"]["datasets"] = ["synthetic"]
     entries = manifest.report_manifest(config, PATTERNS)
     tiger = {e["dataset"]: e["sections"] for e in entries if e.get("method") == "tiger" and e["kind"] == "metrics"}
-    assert tiger == {"synthetic": ["main", "pmat"], "ml-100k": ["main"], "planted-disjoint": ["main"]}
+    assert tiger == {"synthetic": ["main", "pmat"], "ml-100k": ["main"]}
 
 
 def test_model_defaults_are_the_schemas(config):
@@ -134,3 +135,45 @@ def test_the_significance_baseline_is_the_first_baseline_that_runs(config):
     assert manifest.report_baseline(config) == "tiger"
     config["methods"], config["pmat"]["datasets"] = ["random"], []
     assert manifest.report_baseline(config) == "random"
+
+
+def _methods_of(entries: list[dict]) -> set[str]:
+    return {e["method"] for e in entries if e["kind"] == "metrics"}
+
+
+def test_each_slice_reports_its_own_runs_and_the_floors(config):
+    floors = {"mostpop", "random"}
+    mcrl = {f"mcrl_{a}" for a in config["mcrl"]["ablations"]}
+    pmat = {"pmat_global", "pmat_static", "pmat_static_token", "pmat_full"}
+    expected = {
+        "baselines": floors | {"sasrec", "tiger"},
+        "main": floors | {"sasrec", "tiger"} | pmat,
+        "pmat": floors | {"tiger", "pmat_oracle"} | pmat,
+        "mcrl": floors | mcrl,
+    }
+    for name, methods in expected.items():
+        assert _methods_of(manifest.report_manifest(config, PATTERNS, name)) == methods, name
+    every = _methods_of(manifest.report_manifest(config, PATTERNS))
+    assert every == set().union(*expected.values())
+
+
+def test_a_slice_has_only_its_own_report_sections(config):
+    def categories(name):
+        return [s[0] for s in manifest.report_sections(config, name)]
+
+    assert categories("main") == categories("baselines") == ["Tables", "Figures"]
+    assert categories("pmat") == ["Tables", "Figures", "PMAT"]
+    assert categories("mcrl") == ["Tables", "Figures", "MCRL"]
+    entries = manifest.report_manifest(config, PATTERNS, "main")
+    assert not {e["kind"] for e in entries} & {"pmat_weights", "id_space", "tsne", "components"}
+    assert all(set(e.get("sections", ["main"])) <= {"main"} for e in entries)
+    assert manifest.report_baseline(config, "mcrl") == "mostpop"  # the slice's first main-table method
+
+
+def test_slice_reports_live_apart(config):
+    assert manifest.slice_dir("all") == "results/report"
+    assert {manifest.slice_dir(s) for s in manifest.SLICES if s != "all"} == {
+        f"results/report/{s}" for s in ("main", "baselines", "pmat", "mcrl")
+    }
+    with pytest.raises(ValueError, match="unknown slice 'hyper'"):
+        manifest.slice_runs(config, "hyper")

@@ -54,10 +54,25 @@ def test_every_registered_method_has_a_module_with_train_and_rank():
 
 
 def test_runs_of_the_default_config():
+    """The quick setting: every method on ml-100k and synthetic, MCRL's ablations on synthetic."""
     runs = registry.runs(default_config())
     pmat = ("pmat_global", "pmat_static", "pmat_static_token", "pmat_full")
-    for method in ("mostpop", "random", "sasrec", "tiger", *pmat, "mcrl_all"):
+    for method in ("mostpop", "random", "sasrec", "tiger", *pmat):
         assert {("ml-100k", method), ("synthetic", method)} <= set(runs), method
+    # 2 datasets x (4 floors and baselines + 4 PMAT); the oracle on the one with
+    # planted preferences; MCRL's 8 ablations on synthetic.
+    assert len(runs) == 2 * (4 + 4) + 1 + 8
+    assert {d for d, m in runs if m == "pmat_oracle"} == {"synthetic"}
+    assert {d for d, m in runs if m.startswith("mcrl_")} == {"synthetic"}
+
+
+def test_runs_of_the_thesis_config():
+    """The thesis setting adds planted-disjoint and MCRL on ml-100k."""
+
+    def merge(base: dict, over: dict) -> dict:  # as Snakemake merges --configfile files
+        return {**base, **{k: merge(base[k], v) if isinstance(v, dict) else v for k, v in over.items()}}
+
+    runs = registry.runs(merge(default_config(), yaml.safe_load((REPO / "config" / "thesis.yaml").read_text())))
     # 3 datasets x (4 floors and baselines + 4 PMAT); the oracle on the 2 with planted
     # preferences; MCRL's 8 ablations on 2.
     assert len(runs) == 3 * (4 + 4) + 2 + 2 * 8

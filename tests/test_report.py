@@ -130,7 +130,7 @@ def report(tmp_path_factory):
 
     out_dir = root / "results" / "report"
     manifest = report_manifest(metrics_paths, per_user_paths, quality_paths, train_paths)
-    written = build_report(manifest, out_dir, exclude_history=True, baseline_model="sasrec")
+    written = build_report(manifest, out_dir, exclude_history=True, baseline_model="sasrec", setting="quick")
     return {
         "out": out_dir,
         "written": written,
@@ -203,6 +203,19 @@ def test_caption_states_the_protocol(report):
     for phrase in ["leave-one-out", "full ranking", "are excluded from the ranking", "MRR truncated at K = 20"]:
         assert phrase in header, phrase
     assert "not excluded" in tables.protocol_caption(False)
+
+
+def test_every_table_and_the_readme_name_the_setting(report):
+    note = tables.setting_note("quick")
+    assert "under-trained" in note
+    mds = sorted(report["out"].glob("*.md"))
+    assert len(mds) >= 4
+    for md in mds:
+        assert md.read_text().startswith(note if md.name != "README.md" else "# Report\n\n" + note), md.name
+    for tex in report["out"].glob("*.tex"):
+        assert "Setting: quick" in tex.read_text(), tex.name
+    with pytest.raises(ValueError, match="setting must be one of"):
+        tables.setting_note("laptop")
 
 
 def test_significance_finds_the_clearly_better_model(report):

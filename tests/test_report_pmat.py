@@ -189,7 +189,7 @@ def pmat_kwargs(paths: dict) -> dict:
 
 def run_report(paths: dict, out_dir, **pmat_paths) -> list[str]:
     manifest = report_manifest(paths["metrics"], paths["per_user"], paths["quality"], paths["train"], **pmat_paths)
-    return build_report(manifest, out_dir, exclude_history=True, baseline_model="sasrec")
+    return build_report(manifest, out_dir, exclude_history=True, baseline_model="sasrec", setting="thesis")
 
 
 @pytest.fixture(scope="module")
@@ -213,6 +213,11 @@ def report(tmp_path_factory):
 def parse_cell(cell: str) -> tuple[float, float | None]:
     parts = str(cell).strip("*").split(" ± ")
     return float(parts[0]), (float(parts[1]) if len(parts) > 1 else None)
+
+
+def test_pmat_tables_name_the_setting(report):
+    for stem in ["pmat_ablation", "pmat_updates", "pmat_preference", "pmat_id_quality"]:
+        assert (report["out"] / f"{stem}.md").read_text().startswith("Setting: thesis. "), stem
 
 
 def test_pmat_outputs_written(report):

@@ -105,9 +105,8 @@ def test_changed_parameter_reruns_only_downstream(finished_run, tmp_path):
     override.write_text("tiger:\n  lr: 0.002\n")
     result = run_snakemake(finished_run, "-n", "--configfile", str(DEFAULT), str(TINY), str(override))
     assert result.returncode == 0, result.stderr[-3000:]
-    jobs = jobs_in_dry_run(result.stdout)
-    assert {"train_tiger", "evaluate_tiger", "report"} <= jobs
-    assert not jobs & {"prepare_dataset", "text_features", "image_features", "rqkmeans_ids", "train_sasrec"}
+    # That method's jobs and the report, nothing else.
+    assert jobs_in_dry_run(result.stdout) == {"train_tiger", "evaluate_tiger", "report", "all"}
 
 
 @pytest.mark.slow
@@ -133,3 +132,47 @@ def test_html_report_builds_with_captions(finished_run):
     assert result.returncode == 0, result.stderr[-3000:]
     html = (finished_run / "report.html").read_text(errors="replace")
     assert "Codebook utilization" in html and "Main comparison on the test split" in html
+
+
+@pytest.mark.slow
+def test_named_slices_report_their_own_runs(finished_run):
+    """Each slice target on the finished run: only its report job runs (every
+    input is there), and its main table holds the slice's models."""
+    slices = ["main", "baselines", "pmat", "mcrl"]
+    dry = run_snakemake(finished_run, "-n", "--configfile", str(DEFAULT), str(TINY), *slices)
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    assert jobs_in_dry_run(dry.stdout) == {*slices, *(f"report_{s}" for s in slices)}
+    result = run_snakemake(finished_run, "--cores", "2", "--configfile", str(DEFAULT), str(TINY), *slices)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = finished_run / "results" / "report"
+    floors = {"mostpop", "random"}
+    models = {s: set(pd.read_csv(report / s / "main_comparison.csv")["model"]) for s in slices}
+    assert models["baselines"] == floors | {"sasrec", "tiger"}
+    assert models["mcrl"] == floors
+    assert {"pmat_global", "pmat_full", "tiger"} <= models["pmat"] and "sasrec" not in models["pmat"]
+    assert models["main"] == set(pd.read_csv(report / "main_comparison.csv")["model"])
+    assert (report / "pmat" / "pmat_ablation.csv").exists() and not (report / "main" / "pmat_ablation.csv").exists()
+    assert set(pd.read_csv(report / "mcrl" / "mcrl_ablation.csv")["model"]) == {"mcrl_none", "mcrl_all"}
+    assert (report / "mcrl" / "training_curves.png").stat().st_size > 0
+
+
+THESIS = REPO / "config" / "thesis.yaml"
+
+
+@pytest.mark.parametrize("configs", [[DEFAULT], [DEFAULT, THESIS]], ids=["quick", "thesis"])
+def test_every_named_slice_builds_its_dag(configs, tmp_path):
+    """Each slice target dry-runs on the shipped configs and schedules its own
+    methods' jobs (and what they need), never another slice's."""
+    args = ["--configfile", *map(str, configs)]
+    jobs = {}
+    for target in ["all", "main", "baselines", "pmat", "mcrl"]:
+        result = run_snakemake(tmp_path, target, "-n", *args)
+        assert result.returncode == 0, (target, result.stderr[-3000:])
+        jobs[target] = jobs_in_dry_run(result.stdout)
+    trained = {t: {j.removeprefix("train_") for j in js if j.startswith("train_")} for t, js in jobs.items()}
+    assert trained["baselines"] == {"mostpop", "random", "sasrec", "tiger"}
+    assert "report_pmat" in jobs["pmat"] and "pmat_oracle" in {j.removeprefix("evaluate_") for j in jobs["pmat"]}
+    assert not {m for m in trained["main"] | trained["pmat"] if m.startswith("mcrl_")}
+    # MCRL's slice trains its ablations and the stage-1 generator they start from, not SASRec.
+    assert {"mcrl_none", "mcrl_all", "pmat_static_token"} <= trained["mcrl"] and "sasrec" not in trained["mcrl"]
+    assert trained["all"] == set().union(*trained.values())

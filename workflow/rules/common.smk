@@ -273,34 +273,38 @@ def get_method_params(wildcards):
     return {k: v for k, v in cfg.items() if k not in spec.hyper_skip}
 
 
-def get_report_manifest():
-    return manifest.report_manifest(config, get_patterns())
+def get_report_manifest(slice="all"):
+    return manifest.report_manifest(config, get_patterns(), slice)
 
 
-def get_report_baseline():
-    return manifest.report_baseline(config)
+def get_report_baseline(slice="all"):
+    return manifest.report_baseline(config, slice)
 
 
-def get_report_inputs():
-    return manifest.report_inputs(get_report_manifest())
+def get_report_inputs(slice="all"):
+    return manifest.report_inputs(get_report_manifest(slice))
 
 
-def get_report_outputs():
+def get_report_outputs(slice="all"):
     """The report's tables (csv/md/tex) and figures (png) of each section
-    present, wrapped in report() for `snakemake --report`."""
+    the slice has, wrapped in report() for `snakemake --report` (a named
+    slice's under its own category)."""
+    directory = manifest.slice_dir(slice)
     outputs = {}
-    for category, tables, figures in manifest.report_sections(config):
+    for category, tables, figures in manifest.report_sections(config, slice):
+        if slice != "all":
+            category = f"Slice {slice}: {category}"
         for stem in tables:
             outputs[f"{stem}_csv"] = report(
-                f"results/report/{stem}.csv",
+                f"{directory}/{stem}.csv",
                 caption=f"../report/{stem}.rst",
                 category=category,
             )
-            outputs[f"{stem}_md"] = f"results/report/{stem}.md"
-            outputs[f"{stem}_tex"] = f"results/report/{stem}.tex"
+            outputs[f"{stem}_md"] = f"{directory}/{stem}.md"
+            outputs[f"{stem}_tex"] = f"{directory}/{stem}.tex"
         for stem in figures:
             outputs[stem] = report(
-                f"results/report/{stem}.png",
+                f"{directory}/{stem}.png",
                 caption=f"../report/{stem}.rst",
                 category=category,
             )

@@ -14,4 +14,5 @@ build_report(
     exclude_history=snakemake.params.exclude_history,
     baseline_model=snakemake.params.baseline,
     image_policy=snakemake.params.image_policy,
+    setting=snakemake.params.setting,
 )

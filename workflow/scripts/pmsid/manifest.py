@@ -11,6 +11,9 @@ in the rule that makes it. Standard library only (no torch, no pandas).
   ``sections`` it belongs to, ``label``, ``description``, ``role``,
   ``options``);
 - :func:`report_sections`: the report's tables and figures per section.
+
+Each report function takes a ``slice`` (:data:`SLICES`): the part of the
+config's matrix a named target runs and reports. ``all`` is every run.
 """
 
 from __future__ import annotations
@@ -45,6 +48,36 @@ PATTERNS = (
     "mcrl_tsne",
 )
 MCRL_COMPONENTS = "loss_components.parquet"  # in an MCRL train job's extras folder
+
+# The named slices of the matrix: slice -> (the report sections whose runs it
+# takes, the roles it takes from anywhere). Floors are in every slice, so
+# every table has them. The rest of a slice's jobs are what its runs need
+# (MCRL's stage-1 generator, for example); they run but get no rows.
+SLICES = {
+    "all": (("main", "pmat", "mcrl"), ("floor",)),
+    "main": (("main",), ("floor",)),
+    "baselines": ((), ("floor", "baseline")),
+    "pmat": (("pmat",), ("floor",)),
+    "mcrl": (("mcrl",), ("floor",)),
+}
+
+
+def slice_runs(config: dict, slice: str = "all") -> list[tuple[str, str]]:
+    """The ``(dataset, method)`` runs of ``slice``, in registry order."""
+    if slice not in SLICES:
+        raise ValueError(f"unknown slice {slice!r}; slices are {list(SLICES)}")
+    sections, roles = SLICES[slice]
+    out = []
+    for d, m in registry.runs(config):
+        spec = registry.get(m)
+        if spec.role in roles or set(spec.sections) & set(sections):
+            out.append((d, m))
+    return out
+
+
+def slice_dir(slice: str) -> str:
+    """Where a slice's report goes: ``results/report`` for ``all``, else a subfolder."""
+    return "results/report" if slice == "all" else f"results/report/{slice}"
 
 
 def _check_patterns(patterns: dict) -> None:
@@ -142,6 +175,13 @@ def _sections_by_dataset(runs: list[tuple[str, str]]) -> dict[str, set[str]]:
     return out
 
 
+def _slice_sections(config: dict, slice: str) -> dict[str, set[str]]:
+    """:func:`_sections_by_dataset` of the slice's runs, limited to the
+    slice's own sections (and ``main``, which every report has)."""
+    allowed = {"main", *SLICES[slice][0]}
+    return {d: found & allowed for d, found in _sections_by_dataset(slice_runs(config, slice)).items()}
+
+
 def _tsne_runs(runs: list[tuple[str, str]]) -> list[tuple[str, str]]:
     """The MCRL runs the t-SNE figure shows: the ablations none and all (or
     the first and last one that runs)."""
@@ -152,17 +192,17 @@ def _tsne_runs(runs: list[tuple[str, str]]) -> list[tuple[str, str]]:
     return [(d, m) for d, m in mcrl if m in shown]
 
 
-def report_manifest(config: dict, patterns: dict) -> list[dict]:
-    """Every result file the report reads, with its metadata, in registry order."""
+def report_manifest(config: dict, patterns: dict, slice: str = "all") -> list[dict]:
+    """Every result file the report of ``slice`` reads, with its metadata, in registry order."""
     _check_patterns(patterns)
-    runs = registry.runs(config)
+    runs = slice_runs(config, slice)
     seeds = config["seeds"]
     entries = []
 
     def add(kind: str, path: str, **meta) -> None:
         entries.append({"kind": kind, "path": path, **meta})
 
-    sections = _sections_by_dataset(runs)
+    sections = _slice_sections(config, slice)
     for d, m in runs:
         spec = registry.get(m)
         for s in seeds:
@@ -176,7 +216,7 @@ def report_manifest(config: dict, patterns: dict) -> list[dict]:
             if "mcrl" in meta["sections"]:
                 add("components", f"{patterns['extras'].format(**where)}/{MCRL_COMPONENTS}", **meta)
                 add("id_space", patterns["mcrl_id_space"].format(**where), **meta)
-    for d, m in _tsne_runs(runs):
+    for d, m in _tsne_runs([(d, m) for d, m in runs if "mcrl" in sections[d]]):
         add(
             "tsne",
             patterns["mcrl_tsne"].format(dataset=d, method=m, seed=seeds[0]),
@@ -189,7 +229,8 @@ def report_manifest(config: dict, patterns: dict) -> list[dict]:
         if "image" in config["dataset_specs"][d]["modalities"]:
             add("dataset_images", patterns["images"].format(dataset=d), dataset=d)
         add("quality", patterns["rqkmeans_quality"].format(dataset=d), dataset=d)
-    for d in config["pmat"]["datasets"]:
+    pmat_datasets = [d for d in config["pmat"]["datasets"] if "pmat" in sections.get(d, ())]
+    for d in pmat_datasets:
         for s in seeds:
             for kind in ("pmat_weights", "pmat_preference", "pmat_replay"):
                 add(kind, patterns[kind].format(dataset=d, seed=s), dataset=d, seed=s)
@@ -215,24 +256,24 @@ def report_inputs(manifest: list[dict]) -> list[str]:
     return list(dict.fromkeys(paths))
 
 
-def report_baseline(config: dict) -> str:
+def report_baseline(config: dict, slice: str = "all") -> str:
     """The method the main significance table tests against: the first
     ``baseline`` of the main comparison that runs (registry order: SASRec
     before TIGER), else the first method of the main comparison."""
-    main = [m for _, m in registry.runs(config) if "main" in registry.get(m).sections]
+    main = [m for _, m in slice_runs(config, slice) if "main" in registry.get(m).sections]
     if not main:
-        raise ValueError("config: no method of the main comparison runs; list one in `methods:`")
+        raise ValueError(f"config: no method of the main comparison runs in slice {slice!r}; list one in `methods:`")
     baselines = [m for m in main if registry.get(m).role == "baseline"]
     return (baselines or main)[0]
 
 
-def report_sections(config: dict) -> list[tuple[str, list[str], list[str]]]:
-    """``(category, table stems, figure stems)`` of every report section the config produces."""
+def report_sections(config: dict, slice: str = "all") -> list[tuple[str, list[str], list[str]]]:
+    """``(category, table stems, figure stems)`` of every report section ``slice`` produces."""
     sections = [
         ("Tables", ["datasets", "main_comparison", "significance", "id_quality"], []),
         ("Figures", [], ["codebook_utilization", "training_curves", "metric_comparison"]),
     ]
-    present = set().union(*_sections_by_dataset(registry.runs(config)).values())
+    present = set().union(*_slice_sections(config, slice).values())
     if "pmat" in present:
         tables = ["pmat_ablation", "pmat_updates", "pmat_preference", "pmat_id_quality"]
         sections.append(("PMAT", tables, ["pmat_weights", "pmat_semantic_consistency"]))

@@ -32,6 +32,7 @@ def build_report(
     significance_metric: str = "NDCG@10",
     alpha: float = 0.05,
     image_policy: str | None = None,
+    setting: str | None = None,
 ) -> list[str]:
     """Write every table and figure of the report into ``out_dir``; returns the written paths.
 
@@ -56,13 +57,16 @@ def build_report(
       ``mcrl_cost``, figures ``mcrl_loss_curves.png`` and ``mcrl_tsne.png``.
       MCRL's runs stay out of the main comparison.
 
-    ``exclude_history`` states whether the evaluation removed the user's
+    ``setting`` (config ``setting``: quick or thesis) heads every table's
+    caption and the README. ``exclude_history`` states whether the evaluation removed the user's
     history items from the ranking; it goes into the captions and must agree
     with every metrics file that records it.
     """
     metrics_paths = select(manifest, "metrics", "main")
     per_user_paths = select(manifest, "per_user", "main")
-    train_log_paths = select(manifest, "train_log", "main")
+    # A slice whose main table holds only the floors (``mcrl``) shows its
+    # own models' training curves instead.
+    train_log_paths = select(manifest, "train_log", "main") or select(manifest, "train_log")
     quality_paths = select(manifest, "quality")
     pmat_weights_paths = select(manifest, "pmat_weights")
     pmat_preference_paths = select(manifest, "pmat_preference")
@@ -87,7 +91,7 @@ def build_report(
     runs = tables.collect_runs(metrics_paths, exclude_history=exclude_history)
     main = tables.main_table(runs, split="test", metrics=metrics)
     main_caption = tables.main_caption(exclude_history, metrics, split="test")
-    written += tables.write_table_formats(main, out / "main_comparison", main_caption)
+    written += tables.write_table_formats(main, out / "main_comparison", main_caption, setting)
 
     sig = tables.significance(per_user_paths, baseline_model, metric=significance_metric, alpha=alpha)
     sig_caption = " ".join(
@@ -96,11 +100,11 @@ def build_report(
             tables.protocol_caption(exclude_history, metrics),
         ]
     )
-    written += tables.write_table_formats(sig, out / "significance", sig_caption)
+    written += tables.write_table_formats(sig, out / "significance", sig_caption, setting)
 
     quality = tables.collect_quality(quality_paths)
     id_quality = tables.id_quality_table(quality_paths)
-    written += tables.write_table_formats(id_quality, out / "id_quality", tables.ID_QUALITY_CAPTION)
+    written += tables.write_table_formats(id_quality, out / "id_quality", tables.ID_QUALITY_CAPTION, setting)
 
     figure_captions = {
         "metric_comparison.png": (
@@ -123,7 +127,7 @@ def build_report(
     sections = []
     if dataset_stats_paths:
         table = datasets.dataset_table(dataset_stats_paths, dataset_images_paths, image_policy)
-        written += tables.write_table_formats(table, out / "datasets", datasets.DATASETS_CAPTION)
+        written += tables.write_table_formats(table, out / "datasets", datasets.DATASETS_CAPTION, setting)
         sections.append(("Datasets", "datasets", datasets.DATASETS_CAPTION))
     sections += [
         ("Main comparison", "main_comparison", main_caption),
@@ -136,7 +140,7 @@ def build_report(
         pmat_written, pmat_sections, pmat_figures = pmat.write_pmat_report(
             pmat_runs, select(manifest, "per_user", "pmat"), *pmat_inputs, out=out, exclude_history=exclude_history,
             rows=tables.SectionRows.from_manifest(manifest, "pmat"),
-            metrics=metrics, significance_metric=significance_metric, alpha=alpha,
+            metrics=metrics, significance_metric=significance_metric, alpha=alpha, setting=setting,
         )  # fmt: skip
         written += pmat_written
         sections += pmat_sections
@@ -146,7 +150,7 @@ def build_report(
         mcrl_written, mcrl_sections, mcrl_figures = mcrl.write_mcrl_report(
             mcrl_runs, *mcrl_inputs, out=out, exclude_history=exclude_history,
             rows=tables.SectionRows.from_manifest(manifest, "mcrl"),
-            metrics=metrics, significance_metric=significance_metric, alpha=alpha,
+            metrics=metrics, significance_metric=significance_metric, alpha=alpha, setting=setting,
         )  # fmt: skip
         written += mcrl_written
         sections += mcrl_sections
@@ -158,6 +162,7 @@ def build_report(
         figure_captions=figure_captions,
         exclude_history=exclude_history,
         metrics=metrics,
+        setting=setting,
     )
     readme_path = out / "README.md"
     readme_path.write_text(readme, encoding="utf-8")
@@ -168,11 +173,14 @@ def build_report(
     return [str(p) for p in written]
 
 
-def _readme(sections, out: Path, figure_captions: dict, exclude_history: bool, metrics: list[str]) -> str:
-    """The report's index: protocol, each table (embedded from its .md file), each figure."""
+def _readme(
+    sections, out: Path, figure_captions: dict, exclude_history: bool, metrics: list[str], setting: str | None
+) -> str:
+    """The report's index: setting, protocol, each table (embedded from its .md file), each figure."""
     lines = [
         "# Report",
         "",
+        *([tables.setting_note(setting), ""] if setting is not None else []),
         tables.protocol_caption(exclude_history, metrics),
         "",
         "Every table is also available as CSV (full precision) and LaTeX (needs `booktabs`).",

@@ -577,8 +577,26 @@ def _format_value(value) -> str:
     return str(value)
 
 
-def write_table_formats(df: pd.DataFrame, stem: str | os.PathLike, caption: str) -> list[str]:
+# What each config `setting` says at the head of every caption.
+SETTINGS = {
+    "quick": "Setting: quick (laptop budgets: the models are under-trained; not the thesis setting).",
+    "thesis": "Setting: thesis.",
+}
+
+
+def setting_note(setting: str) -> str:
+    """The sentence that names the run's ``setting`` (:data:`SETTINGS`)."""
+    if setting not in SETTINGS:
+        raise ValueError(f"setting must be one of {list(SETTINGS)}, got {setting!r}")
+    return SETTINGS[setting]
+
+
+def write_table_formats(
+    df: pd.DataFrame, stem: str | os.PathLike, caption: str, setting: str | None = None
+) -> list[str]:
     """Write ``{stem}.csv``, ``{stem}.md`` and ``{stem}.tex``; returns the three paths.
+
+    With a ``setting``, the caption starts with :func:`setting_note`.
 
     - CSV: the frame as is, full precision.
     - Markdown: the caption as a paragraph, then ``DataFrame.to_markdown``.
@@ -587,6 +605,8 @@ def write_table_formats(df: pd.DataFrame, stem: str | os.PathLike, caption: str)
       and caption are escaped, ``±`` is set as ``$\\pm$`` and ``**x**`` as
       ``\\textbf{x}``. Needs ``booktabs`` in the preamble.
     """
+    if setting is not None:
+        caption = f"{setting_note(setting)} {caption}"
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     paths = [f"{stem}.csv", f"{stem}.md", f"{stem}.tex"]

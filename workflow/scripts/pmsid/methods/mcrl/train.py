@@ -227,7 +227,7 @@ def train_mcrl(
         mcrl_code=_code_hash(),
     )
     run_hash = config_hash(run_key)
-    steps_per_epoch = math.ceil(len(train_targets) / loop_cfg.batch_size)
+    steps_per_epoch = loop_cfg.steps_per_epoch(len(train_targets))
     step_loss = _StepLoss(
         schedule=cfg["schedule"],
         steps_per_epoch=steps_per_epoch,
