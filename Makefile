@@ -38,7 +38,7 @@ run-3seeds: $(STAMP)
 	@echo
 	@echo "Report: $(CURDIR)/results/report/README.md (mean ± std over seeds 0, 1, 2)"
 
-# The whole matrix in the thesis setting (five seeds; see README "Run time").
+# The whole matrix in the thesis setting (five seeds; see README "Slices and settings").
 thesis: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES) --rerun-incomplete --configfile config/config.yaml config/thesis.yaml
 	@echo

@@ -99,26 +99,28 @@ def test_rerun_after_success_has_nothing_to_do(finished_run):
     assert "Nothing to be done" in result.stdout + result.stderr
 
 
+def jobs_after_override(workdir: Path, tmp_path: Path, override: str) -> set[str]:
+    """The jobs a dry run of the finished run schedules with ``override`` (YAML) on top of its configs."""
+    path = tmp_path / "override.yaml"
+    path.write_text(override)
+    result = run_snakemake(workdir, "-n", "--configfile", str(DEFAULT), str(TINY), str(path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return jobs_in_dry_run(result.stdout)
+
+
 @pytest.mark.slow
 def test_changed_parameter_reruns_only_downstream(finished_run, tmp_path):
-    override = tmp_path / "lr.yaml"
-    override.write_text("tiger:\n  lr: 0.002\n")
-    result = run_snakemake(finished_run, "-n", "--configfile", str(DEFAULT), str(TINY), str(override))
-    assert result.returncode == 0, result.stderr[-3000:]
     # The tiger section configures every TIGER-style generator (PMAT's too), so
     # they rerun; nothing upstream and no other model does.
-    jobs = jobs_in_dry_run(result.stdout)
+    jobs = jobs_after_override(finished_run, tmp_path, "tiger:\n  lr: 0.002\n")
     assert {"train_tiger", "evaluate_tiger", "train_pmat_static", "report"} <= jobs
     assert not jobs & {"prepare_dataset", "text_features", "image_features", "rqkmeans_ids", "train_sasrec"}
 
 
 @pytest.mark.slow
 def test_changed_hyperparameter_of_one_method_reruns_that_method_and_the_report(finished_run, tmp_path):
-    override = tmp_path / "lr.yaml"
-    override.write_text("sasrec:\n  lr: 0.002\n")
-    result = run_snakemake(finished_run, "-n", "--configfile", str(DEFAULT), str(TINY), str(override))
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert jobs_in_dry_run(result.stdout) == {"train_sasrec", "evaluate_sasrec", "report", "all"}
+    jobs = jobs_after_override(finished_run, tmp_path, "sasrec:\n  lr: 0.002\n")
+    assert jobs == {"train_sasrec", "evaluate_sasrec", "report", "all"}
 
 
 @pytest.mark.slow
