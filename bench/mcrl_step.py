@@ -64,7 +64,7 @@ def main() -> None:
     seqs = load_sequences(root / "data" / d / "interactions.parquet", root / "data" / d / "items.parquet")
     tokens = root / "tokenize" / d / "pmat_personalized" / f"seed{s}"
     _, tables = load_personalized(tokens / "ids.parquet", tokens / "assignment.parquet", seqs)
-    labels = read_labels({m: root / "pseudolabels" / d / f"{m}.parquet" for m in modalities}, seqs.n_items)
+    labels = read_labels({m: root / "pseudolabels" / d / f"seed{s}" / f"{m}.parquet" for m in modalities}, seqs.n_items)
     generator = load_generator(str(init))
     users, history, target = training_samples(seqs, generator.history_cap)
     rng = np.random.default_rng(0)

@@ -6,10 +6,17 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+# The files every report has, whatever its sections (pmsid.report.build.build_report).
+REPORT_TABLES = ["main_comparison", "significance", "id_quality", "decoding", "training_budget"]
+TABLE_FORMATS = ["csv", "md", "tex", "html"]  # pmsid.report.tables.write_table_formats
+REPORT_BASE_FILES = [f"{s}.{e}" for s in REPORT_TABLES for e in TABLE_FORMATS]
+REPORT_BASE_FILES += ["codebook_utilization.png", "training_curves.png", "metric_comparison.png", "README.md"]
 
 
 def run_snakemake(workdir: Path, *args: str, timeout: int = 1800) -> subprocess.CompletedProcess:
@@ -122,3 +129,35 @@ def section_rows(section: str):
     from pmsid.report.tables import SectionRows
 
     return SectionRows.from_manifest([method_entry(s) for s in registry.METHODS.values()], section)
+
+
+class Cell(NamedTuple):
+    """A table cell read back: ``mean``, ``std`` (None for one seed) and its markers."""
+
+    mean: float
+    std: float | None
+    best: bool  # **bold**
+    second: bool  # <u>underlined</u>
+    marked: bool  # the significance marker
+
+
+def parse_cell(cell) -> Cell:
+    """``'**0.1234 ± 0.0100**†'`` -> ``Cell(0.1234, 0.01, best=True, second=False, marked=True)``."""
+    from pmsid.report.tables import PM, SIG_MARK
+
+    text = str(cell)
+    marked = text.endswith(SIG_MARK)
+    text = text.removesuffix(SIG_MARK)
+    best = text.startswith("**") and text.endswith("**")
+    second = text.startswith("<u>") and text.endswith("</u>")
+    text = text.strip("*").removeprefix("<u>").removesuffix("</u>")
+    parts = text.split(f" {PM} ")
+    return Cell(float(parts[0]), float(parts[1]) if len(parts) > 1 else None, best, second, marked)
+
+
+def train_budget(epochs_run=2, best_epoch=2, stopped_early=False, max_epochs=2, patience=1, max_samples_per_epoch=None):
+    """The budget metadata the training loop writes into a train_log.parquet (``pmsid.report.training``)."""
+    return {
+        "max_epochs": max_epochs, "patience": patience, "max_samples_per_epoch": max_samples_per_epoch,
+        "epochs_run": epochs_run, "best_epoch": best_epoch, "stopped_early": stopped_early,
+    }  # fmt: skip

@@ -280,7 +280,7 @@ def test_every_release_builds_a_dag_from_its_downloads(tmp_path):
         str(DEFAULT),
         str(tmp_path / "real.yaml"),
         "--",
-        *[f"results/tokenize/{d}/rqkmeans/ids.parquet" for d in REAL_DATASETS],
+        *[f"results/tokenize/{d}/rqkmeans/seed0/ids.parquet" for d in REAL_DATASETS],
         timeout=300,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -19,9 +19,9 @@ PATTERNS = {
     "stats": "results/data/{dataset}/stats.json",
     "images": "results/data/{dataset}/images.parquet",
     "features": "results/features/{dataset}/{modality}.parquet",
-    "rqkmeans_ids": "results/tokenize/{dataset}/rqkmeans/ids.parquet",
-    "rqkmeans_quality": "results/tokenize/{dataset}/rqkmeans/quality.parquet",
-    "pseudolabels": "results/pseudolabels/{dataset}/{modality}.parquet",
+    "rqkmeans_ids": "results/tokenize/{dataset}/rqkmeans/seed{seed}/ids.parquet",
+    "rqkmeans_quality": "results/tokenize/{dataset}/rqkmeans/seed{seed}/quality.parquet",
+    "pseudolabels": "results/pseudolabels/{dataset}/seed{seed}/{modality}.parquet",
     "pmat_ids": "results/tokenize/{dataset}/pmat_{variant}/seed{seed}/ids.parquet",
     "pmat_assignment": "results/tokenize/{dataset}/pmat_{variant}/seed{seed}/assignment.parquet",
     "pmat_prefix_tables": "results/tokenize/{dataset}/pmat_{variant}/seed{seed}/prefix_tables.parquet",
@@ -74,7 +74,21 @@ def test_mcrl_trains_from_its_stage_one_model_with_every_modalitys_labels(config
     config["pmat"]["datasets"] = ["synthetic"]
     plain = manifest.method_inputs(config, "mcrl_all", "ml-100k", 0, "train", PATTERNS)
     assert plain["init"] == "results/train/ml-100k/tiger/seed0/model.pt"
-    assert plain["ids"] == "results/tokenize/ml-100k/rqkmeans/ids.parquet" and "assignment" not in plain
+    assert plain["ids"] == "results/tokenize/ml-100k/rqkmeans/seed0/ids.parquet" and "assignment" not in plain
+
+
+def test_a_seeds_jobs_read_that_seeds_tokenizer_and_pseudolabels(config):
+    tiger = manifest.method_inputs(config, "tiger", "ml-100k", 2, "evaluate", PATTERNS)
+    assert tiger["ids"] == "results/tokenize/ml-100k/rqkmeans/seed2/ids.parquet"
+    mcrl = manifest.method_inputs(config, "mcrl_all", "synthetic", 1, "train", PATTERNS)
+    assert mcrl["labels_image"] == "results/pseudolabels/synthetic/seed1/image.parquet"
+    assert mcrl["ids"] == "results/tokenize/synthetic/pmat_personalized/seed1/ids.parquet"
+    # The features are the same for every seed.
+    assert mcrl["features_text"] == "results/features/synthetic/text.parquet"
+    config["seeds"] = [0, 3]
+    quality = [e for e in manifest.report_manifest(config, PATTERNS) if e["kind"] == "quality"]
+    assert [(e["dataset"], e["seed"]) for e in quality] == [(d, s) for d in config["datasets"] for s in (0, 3)]
+    assert quality[1]["path"] == f"results/tokenize/{config['datasets'][0]}/rqkmeans/seed3/quality.parquet"
 
 
 def test_a_missing_pattern_is_named(config):

@@ -7,13 +7,16 @@ import math
 
 import numpy as np
 import pytest
+from scipy.stats import spearmanr as scipy_spearman
 
 from pmsid.methods.pmat.id_quality import (
+    _mantel_p_value,
     personalization_discrimination,
     semantic_consistency,
     semantic_consistency_frame,
     table_id_quality,
     table_uniqueness,
+    user_personalization,
 )
 from pmsid.methods.pmat.prototypes import (
     PersonalizedIdMap,
@@ -327,6 +330,66 @@ def test_id_distance_grows_with_weight_distance_theorem_1():
     near = result["pairs"].query("p == 0 and q == 1")["id_distance"].item()
     assert far > near
     assert set(result["quality"].metric) >= {"personalization_spearman_rho", "personalization_mantel_p"}
+
+
+def planted_users(n_users=240, n_prototypes=4, seed=0):
+    """Users with planted (image, text) weights, alpha_image uniform in [0, 1], their prototypes and tables."""
+    alpha = np.random.default_rng(seed).random(n_users)
+    weights = np.stack([alpha, 1 - alpha], axis=1)
+    prototypes, assignment = cluster_prototypes(weights, n_prototypes, seed=seed)
+    ids = PersonalizedTokenizer(levels=2, codes=8, seed=0, n_init=1).fit_encode(
+        unit_features(n_items=400, seed=3), prototypes
+    )
+    return ids, assignment, weights
+
+
+def test_id_distance_grows_with_weight_distance_theorem_1_across_users():
+    # Theorem 1 over 240 * 239 / 2 = 28,680 user pairs, not the 6 pairs of 4 prototypes:
+    # each user reads items under its own table and has its own planted weights.
+    ids, assignment, weights = planted_users()
+    result = user_personalization(ids, assignment, weights, n_permutations=999)
+    assert result["n_users"] == 240 and result["n_pairs"] == 240 * 239 // 2
+    assert result["reason"] is None
+    assert result["spearman_rho"] > 0.8
+    assert result["mantel_p_value"] == pytest.approx(1 / 1000)  # no relabelling of the users comes close
+    assert set(result["quality"].metric) == {"personalization_user_spearman_rho", "personalization_user_mantel_p"}
+
+
+def test_user_level_theorem_1_test_fails_when_tables_ignore_the_weights():
+    # The same users and tables, but each user in a random table: the test must not find the claim.
+    ids, assignment, weights = planted_users()
+    shuffled = np.random.default_rng(5).permutation(assignment)
+    result = user_personalization(ids, shuffled, weights, n_permutations=999)
+    assert abs(result["spearman_rho"]) < 0.05
+    assert result["mantel_p_value"] > 0.05
+
+
+def test_user_mantel_p_value_equals_the_mantel_test_on_the_user_matrices():
+    # The shortcut over table pairs is the plain Mantel test on (U, U) matrices, relabelling for relabelling.
+    ids = random_tables(n_tables=3, n_items=50)
+    rng = np.random.default_rng(2)
+    tables = rng.integers(0, 3, size=15)
+    weights = rng.dirichlet([1.0, 1.0], size=15)
+    result = user_personalization(ids, tables, weights, n_permutations=300, seed=4)
+    levels = ids.shape[2] - 1
+    id_dist = np.array([[(ids[a, :, :levels] != ids[b, :, :levels]).mean() for b in tables] for a in tables])
+    weight_dist = np.linalg.norm(weights[:, None] - weights[None], axis=2)
+    upper = np.triu_indices(15, k=1)
+    rho = scipy_spearman(id_dist[upper], weight_dist[upper]).statistic
+    assert result["spearman_rho"] == pytest.approx(rho)
+    assert result["mantel_p_value"] == _mantel_p_value(id_dist, weight_dist, result["spearman_rho"], 300, seed=4)
+
+
+def test_user_personalization_undefined_or_bad_inputs():
+    ids = random_tables(n_tables=3)
+    weights = np.random.default_rng(0).dirichlet([1.0, 1.0], size=10)
+    one_table = user_personalization(ids, np.zeros(10, np.int64), weights)
+    assert math.isnan(one_table["spearman_rho"]) and "id_distance is the same" in one_table["reason"]
+    assert one_table["quality"].empty
+    with pytest.raises(ValueError, match=r"user_tables must be a \(U,\) integer array of table indices in \[0, 3\)"):
+        user_personalization(ids, np.full(10, 3), weights)
+    with pytest.raises(ValueError, match="user_weights must be a finite"):
+        user_personalization(ids, np.zeros(10, np.int64), weights[:9])
 
 
 def test_personalization_discrimination_rejects_mismatched_weights():

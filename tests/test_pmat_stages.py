@@ -133,6 +133,27 @@ def test_personalized_tables_are_unique_within_each_table_and_users_are_assigned
     assert "semantic_consistency_gap" in set(quality["metric"])
 
 
+def test_id_quality_measures_theorem_1_over_user_pairs():
+    # Two tables that differ on every item; users 0-29 read table 0 with image weight near 0.2,
+    # users 30-59 table 1 near 0.8: ID distance follows weight distance across user pairs.
+    rng = np.random.default_rng(0)
+    ids = np.stack([rng.integers(0, 4, size=(20, 3)), rng.integers(4, 8, size=(20, 3))])
+    ids = np.concatenate([ids, np.zeros((2, 20, 1), dtype=ids.dtype)], axis=2)  # dedup level
+    assignment = np.repeat([0, 1], 30)
+    image = np.where(assignment == 0, 0.2, 0.8) + rng.normal(0, 0.02, size=60)
+    alphas = np.stack([1 - image, image], axis=1)
+    features = [rng.normal(size=(20, 4)), rng.normal(size=(20, 4))]
+    weights = np.array([[0.8, 0.2], [0.2, 0.8]])
+    quality = stages._quality(ids, weights, features, 8, "concat", alphas, assignment)
+    whole = quality[quality["level"] == -1].set_index("metric")["value"]
+    assert whole["personalization_user_spearman_rho"] > 0.5 and whole["personalization_user_mantel_p"] < 0.01
+    assert "personalization_spearman_rho" not in whole  # P = 2: one prototype pair, no correlation
+    # Shuffled tables: the user-level correlation is gone.
+    shuffled = stages._quality(ids, weights, features, 8, "concat", alphas, rng.permutation(assignment))
+    shuffled = shuffled[shuffled["level"] == -1].set_index("metric")["value"]
+    assert abs(shuffled["personalization_user_spearman_rho"]) < 0.2
+
+
 def test_replay_updates_follow_the_gate_and_the_bound(planted):
     summary = planted["summary"]
     events = pd.read_parquet(planted["replay"]["events"])

@@ -28,7 +28,7 @@ from pmsid.methods.mcrl import ABLATIONS
 from pmsid.report import mcrl, tables
 from pmsid.report.build import build_report
 
-from conftest import REPO, report_manifest, section_rows
+from conftest import REPO, REPORT_BASE_FILES, TABLE_FORMATS, parse_cell, report_manifest, section_rows, train_budget
 
 MODALITIES = {"synth": ["text", "image"], "ml": ["text"]}
 # Given in an order that is not ABLATIONS order, so that the table's order is the code's doing.
@@ -42,8 +42,6 @@ EPOCHS = 2
 # Seconds per timed optimizer step, by ablation: the cost ratio to mcrl_none is known exactly.
 SECONDS = {"none": 0.1, "user": 0.12, "inter": 0.2, "intra_inter": 0.11, "all": 0.15}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-BASE_FILES = [f"{s}.{e}" for s in ["main_comparison", "significance", "id_quality"] for e in ["csv", "md", "tex"]]
-BASE_FILES += ["codebook_utilization.png", "training_curves.png", "metric_comparison.png", "README.md"]
 MCRL_TABLES = ["mcrl_ablation", "mcrl_id_space", "mcrl_cost"]
 MCRL_FIGURES = ["mcrl_loss_curves.png", "mcrl_tsne.png"]
 
@@ -126,9 +124,10 @@ def write_tree(root) -> dict:
             paths["per_user"].append(per_user_path)
             log = root / "results" / "train" / dataset / "sasrec" / f"seed{seed}" / "train_log.parquet"
             write_table(
-                pd.DataFrame({"epoch": [0, 1], "step": [0, 1], "loss": [2.0, 1.0], "valid_ndcg10": [0.1, 0.2]}),
+                pd.DataFrame({"epoch": [1, 2], "step": [0, 1], "loss": [2.0, 1.0], "valid_ndcg10": [0.1, 0.2]}),
                 log,
                 TRAIN_LOG,
+                metadata=train_budget(),
             )
             paths["train"].append(str(log))
             for ablation in ablations:
@@ -150,7 +149,7 @@ def write_tree(root) -> dict:
                 paths["id_space"].append(str(mcrl_dir / "id_space.json"))
                 tsne(dataset, seed).to_parquet(mcrl_dir / "tsne.parquet", index=False)
                 paths["tsne"].append(str(mcrl_dir / "tsne.parquet"))
-        rq = root / "results" / "tokenize" / dataset / "rqkmeans" / "quality.parquet"
+        rq = root / "results" / "tokenize" / dataset / "rqkmeans" / "seed0" / "quality.parquet"
         rows = [{"metric": m, "level": -1, "value": 0.5} for m in tables.WHOLE_ID_METRICS]
         write_table(pd.DataFrame(rows + [{"metric": "utilization", "level": 0, "value": 0.9}]), rq, ID_QUALITY)
         paths["quality"].append(str(rq))
@@ -182,11 +181,6 @@ def report(tmp_path_factory):
     return {**tree, "root": root, "out": out, "written": written, "plain": plain, "plain_written": plain_written}
 
 
-def parse_cell(cell: str) -> tuple[float, float | None]:
-    parts = str(cell).strip("*").split(" ± ")
-    return float(parts[0]), (float(parts[1]) if len(parts) > 1 else None)
-
-
 def write_mcrl_only(paths: dict, out, **overrides) -> None:
     """The MCRL section alone, so that a failing input fails fast."""
     kwargs = {**mcrl_kwargs(paths), **overrides}
@@ -206,7 +200,7 @@ def expected_rows() -> list[tuple[str, str]]:
 
 def test_mcrl_outputs_written(report):
     out = report["out"]
-    names = BASE_FILES + [f"{s}.{e}" for s in MCRL_TABLES for e in ["csv", "md", "tex"]] + MCRL_FIGURES
+    names = REPORT_BASE_FILES + [f"{s}.{e}" for s in MCRL_TABLES for e in TABLE_FORMATS] + MCRL_FIGURES
     assert sorted(report["written"]) == sorted(str(out / n) for n in names)
     for name in MCRL_FIGURES:
         data = (out / name).read_bytes()
@@ -215,7 +209,7 @@ def test_mcrl_outputs_written(report):
 
 def test_without_mcrl_paths_no_mcrl_files_and_same_main_table(report):
     plain = report["plain"]
-    assert sorted(report["plain_written"]) == sorted(str(plain / n) for n in BASE_FILES)
+    assert sorted(report["plain_written"]) == sorted(str(plain / n) for n in REPORT_BASE_FILES)
     assert not list(plain.glob("mcrl_*"))
     assert "MCRL" not in (plain / "README.md").read_text()
     # The MCRL runs come in their own arguments: the main comparison is the same with or without them.
@@ -260,7 +254,7 @@ def test_ablation_rows_in_ablations_order_with_mean_std(report):
         assert row["seeds"] == len(SEEDS)
         for metric in tables.ABLATION_METRICS:
             per_seed = np.array(report["expected"][(row["dataset"], row["model"])][metric])
-            mean, std = parse_cell(row[metric])
+            mean, std = parse_cell(row[metric])[:2]
             assert mean == pytest.approx(per_seed.mean(), abs=5e-5), (row["dataset"], row["model"], metric)
             assert std == pytest.approx(per_seed.std(ddof=1), abs=5e-5), (row["dataset"], row["model"], metric)
     # mcrl_all ranks every target highest on synth, so it carries the best marker there.
@@ -285,11 +279,24 @@ def test_ablation_tests_against_mcrl_none(report):
     assert best["delta_NDCG@10"] > 0 and best["wilcoxon_p"] < 1e-6 and bool(best["significant"])
     assert inter["delta_NDCG@10"] < 0 and inter["wilcoxon_p"] < 1e-3 and bool(inter["significant"])
     assert np.isnan(table.loc[("synth", "mcrl_none"), "wilcoxon_p"])
+    # Holm across the table's tested rows; the interval holds the delta.
+    tested = table.dropna(subset=["wilcoxon_p"])
+    assert tested["wilcoxon_p_holm"].to_numpy() == pytest.approx(tables.holm(tested["wilcoxon_p"]))
+    assert (tested["ci95_low"] <= tested["delta_NDCG@10"]).all() and (
+        tested["delta_NDCG@10"] <= tested["ci95_high"]
+    ).all()
     # ml has no control: no test at all.
     for model in ["mcrl_user", "mcrl_all"]:
         assert np.isnan(table.loc[("ml", model), "wilcoxon_p"]) and np.isnan(table.loc[("ml", model), "ttest_p"])
     caption = (report["out"] / "mcrl_ablation.md").read_text().splitlines()[0]
-    for phrase in ["against mcrl_none", "leave-one-out", "full ranking", "mcrl_none, the control"]:
+    for phrase in [
+        "against mcrl_none",
+        "Holm-corrected",
+        "95% t interval",
+        "leave-one-out",
+        "full ranking",
+        "mcrl_none, the control",
+    ]:
         assert phrase in caption, phrase
 
 
@@ -321,9 +328,11 @@ def test_id_space_table(report):
                     assert cell == "-", (dataset, ablation)
                     continue
                 values = [ratio(dataset, ablation, s, modality) for s in SEEDS]
-                assert parse_cell(cell) == pytest.approx((np.mean(values), np.std(values, ddof=1)), abs=5e-5)
+                assert parse_cell(cell)[:2] == pytest.approx((np.mean(values), np.std(values, ddof=1)), abs=5e-5)
             values = [uniformity(ablation, s) for s in SEEDS]
-            assert parse_cell(row["uniformity"]) == pytest.approx((np.mean(values), np.std(values, ddof=1)), abs=5e-5)
+            assert parse_cell(row["uniformity"])[:2] == pytest.approx(
+                (np.mean(values), np.std(values, ddof=1)), abs=5e-5
+            )
 
 
 def test_cost_ratio_exact_and_untimed_steps_ignored(report):

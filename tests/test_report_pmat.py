@@ -22,7 +22,7 @@ from pmsid.evaluate.metrics import mean_metrics
 from pmsid.report import pmat, tables
 from pmsid.report.build import build_report
 
-from conftest import report_manifest, section_rows
+from conftest import REPORT_BASE_FILES, TABLE_FORMATS, parse_cell, report_manifest, section_rows, train_budget
 
 DATASETS = {"synth": ["text", "image"], "ml": ["text", "behaviour"]}
 SEEDS = [0, 1]
@@ -30,8 +30,6 @@ MODELS = ["sasrec", "tiger", "pmat_global", "pmat_static", "pmat_full"]
 N_USERS = 80
 KS = [5, 10, 20]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-BASE_FILES = [f"{s}.{e}" for s in ["main_comparison", "significance", "id_quality"] for e in ["csv", "md", "tex"]]
-BASE_FILES += ["codebook_utilization.png", "training_curves.png", "metric_comparison.png", "README.md"]
 PMAT_TABLES = ["pmat_ablation", "pmat_updates", "pmat_preference", "pmat_id_quality"]
 PMAT_FIGURES = ["pmat_weights.png", "pmat_semantic_consistency.png"]
 
@@ -74,8 +72,8 @@ def write_run(root, dataset: str, model: str, seed: int) -> tuple[str, str, dict
 
 def write_train_log(root, dataset: str, model: str, seed: int) -> str:
     path = root / "results" / "train" / dataset / model / f"seed{seed}" / "train_log.parquet"
-    rows = pd.DataFrame({"epoch": [0, 1], "step": [0, 1], "loss": [2.0, 1.0 + seed], "valid_ndcg10": [0.1, 0.2]})
-    write_table(rows, path, TRAIN_LOG)
+    rows = pd.DataFrame({"epoch": [1, 2], "step": [0, 1], "loss": [2.0, 1.0 + seed], "valid_ndcg10": [0.1, 0.2]})
+    write_table(rows, path, TRAIN_LOG, metadata=train_budget())
     return str(path)
 
 
@@ -165,7 +163,7 @@ def write_tree(root) -> dict:
                 write_pmat_quality(path, dataset, variant, seed)
                 paths["pq"].append(str(path))
         # The ordinary (non-PMAT) ID-quality table still needs its own tokenizer file.
-        rq = root / "results" / "tokenize" / dataset / "rqkmeans" / "quality.parquet"
+        rq = root / "results" / "tokenize" / dataset / "rqkmeans" / "seed0" / "quality.parquet"
         write_table(
             pd.DataFrame(
                 [{"metric": m, "level": -1, "value": 0.5} for m in tables.WHOLE_ID_METRICS]
@@ -210,11 +208,6 @@ def report(tmp_path_factory):
     }
 
 
-def parse_cell(cell: str) -> tuple[float, float | None]:
-    parts = str(cell).strip("*").split(" ± ")
-    return float(parts[0]), (float(parts[1]) if len(parts) > 1 else None)
-
-
 def test_pmat_tables_name_the_setting(report):
     for stem in ["pmat_ablation", "pmat_updates", "pmat_preference", "pmat_id_quality"]:
         assert (report["out"] / f"{stem}.md").read_text().startswith("Setting: thesis. "), stem
@@ -222,7 +215,7 @@ def test_pmat_tables_name_the_setting(report):
 
 def test_pmat_outputs_written(report):
     out = report["out"]
-    names = BASE_FILES + [f"{s}.{e}" for s in PMAT_TABLES for e in ["csv", "md", "tex"]] + PMAT_FIGURES
+    names = REPORT_BASE_FILES + [f"{s}.{e}" for s in PMAT_TABLES for e in TABLE_FORMATS] + PMAT_FIGURES
     assert sorted(report["written"]) == sorted(str(out / n) for n in names)
     for name in PMAT_FIGURES:
         assert (out / name).read_bytes()[:8] == PNG_MAGIC, name
@@ -230,9 +223,10 @@ def test_pmat_outputs_written(report):
 
 def test_without_pmat_paths_no_pmat_files(report):
     plain = report["plain"]
-    assert sorted(report["plain_written"]) == sorted(str(plain / n) for n in BASE_FILES)
+    assert sorted(report["plain_written"]) == sorted(str(plain / n) for n in REPORT_BASE_FILES)
     assert not list(plain.glob("pmat_*"))
-    assert "PMAT" not in (plain / "README.md").read_text()
+    readme = (plain / "README.md").read_text()
+    assert "pmat_ablation" not in readme and "### PMAT" not in readme  # no PMAT table or figure
 
 
 def test_pmat_models_with_underscores_are_in_the_main_table(report):
@@ -249,7 +243,7 @@ def test_ablation_rows_and_mean_std(report):
         assert row["seeds"] == len(SEEDS)
         for metric in pmat.ABLATION_METRICS:
             per_seed = np.array(report["expected"][(row["dataset"], row["model"])][metric])
-            mean, std = parse_cell(row[metric])
+            mean, std = parse_cell(row[metric])[:2]
             assert mean == pytest.approx(per_seed.mean(), abs=5e-5), (row["dataset"], row["model"], metric)
             assert std == pytest.approx(per_seed.std(ddof=1), abs=5e-5), (row["dataset"], row["model"], metric)
         # pmat_full is better by construction, so it carries the best marker.
@@ -286,9 +280,11 @@ def test_preference_table_only_for_the_dataset_with_truth(report):
     table = pd.read_csv(report["out"] / "pmat_preference.csv")
     assert list(table["dataset"]) == ["synth"]
     row = table.iloc[0]
-    assert parse_cell(row["spearman"]) == pytest.approx((0.7, np.std([0.8, 0.6], ddof=1)), abs=5e-5)
-    assert parse_cell(row["accuracy_median_threshold"]) == pytest.approx((0.8, np.std([0.9, 0.7], ddof=1)), abs=5e-5)
-    assert parse_cell(row["auc"]) == pytest.approx((0.9, np.std([0.95, 0.85], ddof=1)), abs=5e-5)
+    assert parse_cell(row["spearman"])[:2] == pytest.approx((0.7, np.std([0.8, 0.6], ddof=1)), abs=5e-5)
+    assert parse_cell(row["accuracy_median_threshold"])[:2] == pytest.approx(
+        (0.8, np.std([0.9, 0.7], ddof=1)), abs=5e-5
+    )
+    assert parse_cell(row["auc"])[:2] == pytest.approx((0.9, np.std([0.95, 0.85], ddof=1)), abs=5e-5)
     assert row["spearman_p_max"] == pytest.approx(2e-4) and row["n_users"] == N_USERS
     assert "not scored: ml" in (report["out"] / "pmat_preference.md").read_text()
 

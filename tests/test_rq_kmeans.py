@@ -259,6 +259,23 @@ def test_tokenize_writes_unique_ids_and_quality(tmp_path):
     assert {lvl for m, lvl in q if m == "utilization"} == {0, 1}
 
 
+def test_each_run_seed_fits_its_own_tokenizer(tmp_path):
+    """The workflow tokenizes once per run seed: the same seed gives the same
+    files byte for byte, another seed other codebooks (so a TIGER-style
+    model's std over seeds includes the tokenizer's)."""
+    rng = np.random.default_rng(1)
+    features = tmp_path / "text.parquet"
+    write_features(features, np.arange(200), rng.standard_normal((200, 16)), stage="test")
+    files = {}
+    for run, seed in [("a", 0), ("b", 0), ("c", 1)]:
+        files[run] = tmp_path / f"{run}_ids.parquet", tmp_path / f"{run}_quality.parquet"
+        tokenize([str(features)], *files[run], levels=2, codes=8, seed=seed, n_init=1)
+    for a, b in zip(files["a"], files["b"]):
+        assert a.read_bytes() == b.read_bytes(), a.name
+    assert read_metadata(files["c"][0])["seed"] == 1
+    assert not np.array_equal(read_semantic_ids(files["a"][0])[1], read_semantic_ids(files["c"][0])[1])
+
+
 def test_tokenize_fails_when_modalities_list_different_items(tmp_path):
     rng = np.random.default_rng(0)
     text, image = tmp_path / "text.parquet", tmp_path / "image.parquet"

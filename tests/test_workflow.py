@@ -1,16 +1,22 @@
 """The whole workflow on a tiny configuration, in a temporary directory
 every stage runs for real, the report holds both
 models for both datasets, a rerun has nothing to do, and a changed parameter
-or module reruns exactly what depends on it."""
+or module reruns exactly what depends on it. Dry runs check which stages run
+per seed, and a deterministic rerun of the tokenizer, train and evaluate
+stages gives the same files."""
 
 from __future__ import annotations
 
 import importlib.util
+import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
+import report_browser
 from conftest import REPO, dry_run_jobs, run_snakemake
 
 DEFAULT = REPO / "config" / "config.yaml"
@@ -77,7 +83,7 @@ def test_report_holds_every_method_for_both_datasets(finished_run):
     assert sum(counts) == datasets.loc[1, "items"] and counts[0] > 0
     for dataset in ["ml-100k-tiny", "synthetic"]:
         for modality in ["text"] if dataset != "synthetic" else ["text", "image"]:
-            assert (finished_run / "results" / "pseudolabels" / dataset / f"{modality}.parquet").exists()
+            assert (finished_run / "results" / "pseudolabels" / dataset / "seed0" / f"{modality}.parquet").exists()
     assert (finished_run / "logs" / "train" / "synthetic_tiger_seed0.log").read_text().strip()
     # MCRL: its ablations in their own table, not in the main one.
     mcrl = pd.read_csv(report / "mcrl_ablation.csv")
@@ -141,11 +147,28 @@ def test_changed_module_reruns_only_its_rules(finished_run):
 
 
 @pytest.mark.slow
-def test_html_report_builds_with_captions(finished_run):
+def test_html_report_renders_every_table_and_figure(finished_run):
     result = run_snakemake(finished_run, "--report", "report.html", "--configfile", str(DEFAULT), str(TINY))
     assert result.returncode == 0, result.stderr[-3000:]
     html = (finished_run / "report.html").read_text(errors="replace")
     assert "Codebook utilization" in html and "Main comparison on the test split" in html
+    if report_browser.chromium() is None:
+        pytest.skip("no Chromium to open the report in (make test installs Debian's chromium when run as root)")
+    # Every table (as HTML) and figure of the report, opened in headless Chromium.
+    rendered = report_browser.render_report(finished_run / "report.html")
+    assert all(word in rendered["nav"] for word in ["Results", "Tables", "Figures", "PMAT", "MCRL"])
+    report = finished_run / "results" / "report"
+    shown = {path: entry for path, entry in rendered["results"].items() if Path(path).parent == Path("results/report")}
+    expected = {f"results/report/{p.name}" for p in [*report.glob("*.html"), *report.glob("*.png")]}
+    assert set(shown) == expected and len(expected) >= 20
+    for path, entry in shown.items():
+        assert entry["caption"], path
+        if path.endswith(".png"):
+            assert entry.get("width", 0) > 100 and entry.get("height", 0) > 100, (path, entry)
+        else:
+            rows = len(pd.read_csv(report / Path(path).with_suffix(".csv").name))
+            assert entry["rows"] == rows and rows > 0 and entry["header"], (path, entry)
+            assert entry["table_caption"].startswith("Setting: quick"), path
 
 
 @pytest.mark.slow
@@ -191,3 +214,126 @@ def test_every_named_slice_builds_its_dag(configs, tmp_path):
     # MCRL's slice trains its ablations and the stage-1 generator they start from, not SASRec.
     assert {"mcrl_none", "mcrl_all", "pmat_static_token"} <= trained["mcrl"] and "sasrec" not in trained["mcrl"]
     assert trained["all"] == set().union(*trained.values())
+
+
+def dry_run_blocks(output: str) -> list[dict]:
+    """Each job of a dry run's output: its ``rule``, ``wildcards`` (a dict) and ``input`` paths."""
+    jobs = []
+    for block in re.split(r"^\[.*\]$", output, flags=re.MULTILINE):
+        rule = re.search(r"^rule (\w+):", block, flags=re.MULTILINE)
+        if rule is None:
+            continue
+        wildcards = re.search(r"^\s+wildcards: (.*)$", block, flags=re.MULTILINE)
+        inputs = re.search(r"^\s+input: (.*)$", block, flags=re.MULTILINE)
+        jobs.append(
+            {
+                "rule": rule[1],
+                "wildcards": dict(w.split("=", 1) for w in wildcards[1].split(", ")) if wildcards else {},
+                "input": inputs[1].split(", ") if inputs else [],
+            }
+        )
+    return jobs
+
+
+def test_each_seed_schedules_its_own_tokenizer_and_pseudolabels(tmp_path):
+    """Two seeds: two tokenizer and two pseudo-label jobs per dataset (and
+    modality), one behaviour-feature job, and every seed-1 job reads the seed-1
+    IDs and labels."""
+    override = tmp_path / "seeds.yaml"
+    override.write_text("seeds: [0, 1]\n")
+    result = run_snakemake(tmp_path, "-n", "--configfile", str(DEFAULT), str(override))
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = dry_run_blocks(result.stdout)
+    config = yaml.safe_load(DEFAULT.read_text())
+    datasets = config["datasets"]
+
+    def wildcards_of(rule: str, *keys: str) -> list[tuple]:
+        return sorted(tuple(j["wildcards"][k] for k in keys) for j in jobs if j["rule"] == rule)
+
+    assert wildcards_of("rqkmeans_ids", "dataset", "seed") == sorted((d, s) for d in datasets for s in "01")
+    labels = [(d, m, s) for d in datasets for m in config["dataset_specs"][d]["modalities"] for s in "01"]
+    assert wildcards_of("pseudolabels", "dataset", "modality", "seed") == sorted(labels)
+    behaviour = [(d,) for d in datasets if "behaviour" in config["dataset_specs"][d]["modalities"]]
+    assert wildcards_of("behaviour_features", "dataset") == behaviour != []  # per dataset, not per seed
+    for job in jobs:
+        seed = job["wildcards"].get("seed")
+        if job["rule"] == "train" and job["wildcards"]["method"] == "tiger":
+            ids = [p for p in job["input"] if "/rqkmeans/" in p]
+            assert ids == [f"results/tokenize/{job['wildcards']['dataset']}/rqkmeans/seed{seed}/ids.parquet"], job
+        for path in job["input"]:
+            if "/rqkmeans/" in path or "/pseudolabels/" in path:
+                assert f"/seed{seed}/" in path or job["rule"] in ("report", "all"), (job["rule"], path)
+    trained = {(j["wildcards"]["dataset"], j["wildcards"]["seed"]) for j in jobs if j["rule"] == "train"}
+    assert {(d, "1") for d in datasets} <= trained
+
+
+def write_random_dataset(root: Path, n_users: int = 40, n_items: int = 24, length: int = 7) -> dict:
+    """A random dataset in the contract format and one text-feature file: the inputs of the tokenizer and of
+    a generator's train and evaluate jobs."""
+    from pmsid.data import contracts
+
+    rng = np.random.default_rng(5)
+    rows = []
+    for user in range(n_users):
+        for pos, item in enumerate(rng.choice(n_items, size=length, replace=False)):
+            split = "test" if pos == length - 1 else "valid" if pos == length - 2 else "train"
+            rows.append((user, item, pos, pos, split))
+    inter = pd.DataFrame(rows, columns=["user_idx", "item_idx", "timestamp", "position", "split"])
+    inter = inter.astype({"user_idx": "int32", "item_idx": "int32", "timestamp": "int64", "position": "int32"})
+    items = pd.DataFrame(
+        {"item_idx": np.arange(n_items, dtype=np.int32), "item_id": [f"i{i}" for i in range(n_items)],
+         "text": "x", "image_url": None}
+    )  # fmt: skip
+    paths = {name: str(root / f"{name}.parquet") for name in ("interactions", "catalogue", "text")}
+    contracts.write_table(inter, paths["interactions"], contracts.INTERACTIONS)
+    contracts.write_table(items, paths["catalogue"], contracts.ITEMS)
+    contracts.write_features(paths["text"], np.arange(n_items), rng.standard_normal((n_items, 16)), stage="test")
+    return paths
+
+
+def test_a_deterministic_rerun_gives_identical_ids_rankings_and_metrics(tmp_path, monkeypatch):
+    """`deterministic: true`: the tokenizer, train and evaluate stages of a
+    TIGER run (the tiny workflow's settings, seed 1) run twice give the same
+    IDs, model, rankings and per-user ranks byte for byte, and every metric
+    bit for bit but the beam search's wall time (``beam_seconds_per_user``,
+    a measurement, not a result)."""
+    import torch
+
+    from pmsid.data import contracts
+    from pmsid.methods.run import evaluate_method, train_method
+    from pmsid.quantize.rq_kmeans import tokenize
+
+    data = write_random_dataset(tmp_path)
+    default, tiny = yaml.safe_load(DEFAULT.read_text()), yaml.safe_load(TINY.read_text())
+    tokenizer = {**default["tokenizer"], **tiny["tokenizer"]}
+    params = {
+        "cfg": {**default["tiger"], **tiny["tiger"]}, "protocol": default["protocol"],
+        "evaluation": default["evaluation"], "modalities": ["text"], "device": "cpu", "deterministic": True,
+    }  # fmt: skip
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # what seed_everything sets, undone after the test
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    runs = {}
+    try:
+        for run in ("first", "again"):
+            out = tmp_path / run
+            ids = {"ids": str(out / "ids.parquet")}
+            tokenize([data["text"]], ids["ids"], out / "quality.parquet", tokenizer["levels"], tokenizer["codes"],
+                     seed=1, n_init=tokenizer["n_init"])  # fmt: skip
+            inputs = {"interactions": data["interactions"], "catalogue": data["catalogue"], **ids}
+            trained = {"model": str(out / "model.pt"), "log": str(out / "log.parquet"), "extras": str(out / "extras")}
+            train_method("tiger", "d", 1, inputs, trained, {**params, "checkpoint": str(out / "last.pt")})
+            evaluated = {k: str(out / f"{k}.parquet") for k in ("ranking", "per_user", "metrics")}
+            evaluate_method("tiger", "d", 1, {**inputs, "model": trained["model"]}, evaluated, params)
+            runs[run] = {**ids, **evaluated, "quality": str(out / "quality.parquet"), "model": trained["model"]}
+    finally:
+        torch.use_deterministic_algorithms(was_deterministic)
+    first, again = runs["first"], runs["again"]
+    for name in ("ids", "quality", "ranking", "per_user"):
+        assert Path(first[name]).read_bytes() == Path(again[name]).read_bytes(), name
+    models = [torch.load(runs[r]["model"], weights_only=False)["state_dict"] for r in ("first", "again")]
+    assert models[0].keys() == models[1].keys()
+    assert all(torch.equal(models[0][k], models[1][k]) for k in models[0]), "the trained weights differ"
+    metrics = [contracts.read_table(runs[r]["metrics"], contracts.METRICS) for r in ("first", "again")]
+    results = [m[m["metric"] != "beam_seconds_per_user"].reset_index(drop=True) for m in metrics]
+    assert len(results[0]) > 10 and results[0][["split", "metric"]].equals(results[1][["split", "metric"]])
+    assert np.array_equal(results[0]["value"].to_numpy(), results[1]["value"].to_numpy())  # bit for bit

@@ -81,7 +81,7 @@ def release_config(mirror: dict, base: str) -> dict:
 
 
 def targets() -> list[str]:
-    return [f"results/tokenize/{name}/rqkmeans/ids.parquet" for name in DATASETS] + [
+    return [f"results/tokenize/{name}/rqkmeans/seed0/ids.parquet" for name in DATASETS] + [
         f"results/data/{name}/stats.json" for name in DATASETS
     ]
 
@@ -139,7 +139,7 @@ def test_features_and_ids_cover_every_item(release_run):
         for modality in modalities:
             features = pd.read_parquet(workdir / "results" / "features" / name / f"{modality}.parquet")
             assert len(features) == n_items, (name, modality)
-        ids = pd.read_parquet(workdir / "results" / "tokenize" / name / "rqkmeans" / "ids.parquet")
+        ids = pd.read_parquet(workdir / "results" / "tokenize" / name / "rqkmeans" / "seed0" / "ids.parquet")
         assert len(ids) == n_items and ids["codes"].map(tuple).is_unique, name
         # features.reduce: text is PCA-reduced to 4 dims; the extraction is kept in full (MiniLM, 384).
         reduced = pq.read_table(workdir / "results" / "features" / name / "text.parquet")

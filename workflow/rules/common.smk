@@ -177,6 +177,13 @@ def get_fusion_weights(wildcards):
     return [float(weights.get(m, 0.0)) for m in spec["modalities"]]
 
 
+def get_tokenizer_params(wildcards):
+    """Config ``tokenizer`` with the job's run seed as the k-means seed: each
+    seed fits its own codebooks (RQ-KMeans, and PMAT's prototypes and ID
+    tables), so a method's std over seeds includes its tokenizer's."""
+    return {**config["tokenizer"], "seed": int(wildcards.seed)}
+
+
 def get_pmat_attention_params():
     """The preference network's cfg: config pmat.attention plus the protocol's cap."""
     return {
@@ -196,8 +203,10 @@ def get_truth_input(wildcards):
 
 
 def get_pseudolabel_inputs(wildcards):
-    """Pseudo-labels of every modality, as inputs labels_{modality}."""
-    return manifest.pseudolabel_inputs(config, wildcards.dataset, get_patterns())
+    """Pseudo-labels of every modality for the job's seed, as inputs labels_{modality}."""
+    return manifest.pseudolabel_inputs(
+        config, wildcards.dataset, wildcards.seed, get_patterns()
+    )
 
 
 # ---------------------------------------------------------------- methods and report
@@ -286,7 +295,7 @@ def get_report_inputs(slice="all"):
 
 
 def get_report_outputs(slice="all"):
-    """The report's tables (csv/md/tex) and figures (png) of each section
+    """The report's tables (csv/md/tex/html) and figures (png) of each section
     the slice has, wrapped in report() for `snakemake --report` (a named
     slice's under its own category)."""
     directory = manifest.slice_dir(slice)
@@ -295,11 +304,13 @@ def get_report_outputs(slice="all"):
         if slice != "all":
             category = f"Slice {slice}: {category}"
         for stem in tables:
-            outputs[f"{stem}_csv"] = report(
-                f"{directory}/{stem}.csv",
+            # The HTML table renders in `snakemake --report`; a CSV would only download.
+            outputs[f"{stem}_html"] = report(
+                f"{directory}/{stem}.html",
                 caption=f"../report/{stem}.rst",
                 category=category,
             )
+            outputs[f"{stem}_csv"] = f"{directory}/{stem}.csv"
             outputs[f"{stem}_md"] = f"{directory}/{stem}.md"
             outputs[f"{stem}_tex"] = f"{directory}/{stem}.tex"
         for stem in figures:
@@ -312,11 +323,13 @@ def get_report_outputs(slice="all"):
 
 
 def get_final_outputs():
-    """The report, and every pseudo-label file (positives for later methods)."""
+    """The report, and every pseudo-label file of every seed (positives for
+    later methods)."""
     patterns = get_patterns()
     labels = [
         path
         for d in config["datasets"]
-        for path in manifest.pseudolabel_inputs(config, d, patterns).values()
+        for s in config["seeds"]
+        for path in manifest.pseudolabel_inputs(config, d, s, patterns).values()
     ]
     return ["results/report/README.md", *labels]

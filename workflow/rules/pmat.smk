@@ -66,7 +66,7 @@ rule pmat_ids:
         prototypes=config["pmat"]["prototypes"],
         max_fit_rows=config["pmat"]["max_fit_rows"],
         fusion=config["pmat"]["fusion"],
-        tokenizer=config["tokenizer"],
+        tokenizer=get_tokenizer_params,
     script:
         "../scripts/pmat_ids.py"
 

@@ -1,4 +1,5 @@
-# Stage 4: k-means pseudo-labels per modality (positives for contrastive losses).
+# Stage 4: k-means pseudo-labels per modality (positives for contrastive losses),
+# one clustering per run seed (the seed-s MCRL runs read the seed-s labels).
 
 
 rule pseudolabels:
@@ -6,15 +7,15 @@ rule pseudolabels:
         features="results/features/{dataset}/{modality}.parquet",
         code=get_code("pmsid.quantize.kmeans"),
     output:
-        labels="results/pseudolabels/{dataset}/{modality}.parquet",
+        labels="results/pseudolabels/{dataset}/seed{seed}/{modality}.parquet",
     log:
-        "logs/pseudolabels/{dataset}_{modality}.log",
+        "logs/pseudolabels/{dataset}_{modality}_seed{seed}.log",
     benchmark:
-        "benchmarks/pseudolabels/{dataset}_{modality}.tsv"
+        "benchmarks/pseudolabels/{dataset}_{modality}_seed{seed}.tsv"
     conda:
         "../../envs/tokenize.yaml"
     threads: 2
     params:
-        pseudolabels=config["pseudolabels"],
+        n_clusters=config["pseudolabels"]["n_clusters"],
     script:
         "../scripts/pseudolabels.py"

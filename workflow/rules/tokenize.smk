@@ -1,5 +1,7 @@
 # Stage 5: semantic IDs. RQ-KMeans over the fused item features plus a dedup
-# level, and the ID-quality figures of the tokenizer.
+# level, and the ID-quality figures of the tokenizer. One tokenizer per run
+# seed: the seed-s models train and rank under the seed-s IDs, so a model's
+# std over seeds includes the tokenizer's.
 
 
 rule rqkmeans_ids:
@@ -7,17 +9,17 @@ rule rqkmeans_ids:
         features=get_feature_paths,
         code=get_code("pmsid.quantize.rq_kmeans"),
     output:
-        ids="results/tokenize/{dataset}/rqkmeans/ids.parquet",
-        quality="results/tokenize/{dataset}/rqkmeans/quality.parquet",
+        ids="results/tokenize/{dataset}/rqkmeans/seed{seed}/ids.parquet",
+        quality="results/tokenize/{dataset}/rqkmeans/seed{seed}/quality.parquet",
     log:
-        "logs/rqkmeans_ids/{dataset}.log",
+        "logs/rqkmeans_ids/{dataset}_seed{seed}.log",
     benchmark:
-        "benchmarks/rqkmeans_ids/{dataset}.tsv"
+        "benchmarks/rqkmeans_ids/{dataset}_seed{seed}.tsv"
     conda:
         "../../envs/tokenize.yaml"
     threads: 2
     params:
-        tokenizer=config["tokenizer"],
+        tokenizer=get_tokenizer_params,
         weights=get_fusion_weights,
     script:
         "../scripts/rqkmeans_ids.py"

@@ -1,4 +1,4 @@
-"""Rule behaviour_features: item embeddings from training-split co-occurrence."""
+"""Rule behaviour_features: item embeddings from training-split co-occurrence (deterministic, one per dataset)."""
 
 from pmsid.logs import setup_logging
 
@@ -13,5 +13,4 @@ extract_behaviour_features(
     snakemake.output.features,
     dim=params["dim"],
     window=params["window"],
-    seed=params["seed"],
 )

@@ -1,4 +1,4 @@
-"""Rule pseudolabels: k-means cluster of every item, per modality."""
+"""Rule pseudolabels: k-means cluster of every item, per modality and run seed."""
 
 from pmsid.logs import setup_logging
 
@@ -6,5 +6,9 @@ setup_logging(snakemake.log[0])
 
 from pmsid.quantize.kmeans import pseudolabels_for  # noqa: E402
 
-params = snakemake.params.pseudolabels
-pseudolabels_for(snakemake.input.features, snakemake.output.labels, params["n_clusters"], params["seed"])
+pseudolabels_for(
+    snakemake.input.features,
+    snakemake.output.labels,
+    snakemake.params.n_clusters,
+    int(snakemake.wildcards.seed),
+)

@@ -1,4 +1,4 @@
-"""Rule rqkmeans_ids: RQ-KMeans semantic IDs and their quality figures."""
+"""Rule rqkmeans_ids: RQ-KMeans semantic IDs and their quality figures, per run seed."""
 
 from pmsid.logs import setup_logging
 
@@ -6,7 +6,7 @@ setup_logging(snakemake.log[0])
 
 from pmsid.quantize.rq_kmeans import tokenize  # noqa: E402
 
-params = snakemake.params.tokenizer
+params = snakemake.params.tokenizer  # config tokenizer, seed = the run seed (get_tokenizer_params)
 tokenize(
     list(snakemake.input.features),
     snakemake.output.ids,

@@ -27,9 +27,9 @@ PATTERNS = (
     "stats",
     "images",  # resolve_images: {dataset}
     "features",  # extract / reduce features: {dataset}, {modality}
-    "rqkmeans_ids",  # rqkmeans_ids: {dataset}
+    "rqkmeans_ids",  # rqkmeans_ids: {dataset}, {seed}
     "rqkmeans_quality",
-    "pseudolabels",  # pseudolabels: {dataset}, {modality}
+    "pseudolabels",  # pseudolabels: {dataset}, {seed}, {modality}
     "pmat_ids",  # pmat_ids: {dataset}, {variant}, {seed}
     "pmat_assignment",
     "pmat_prefix_tables",
@@ -86,10 +86,10 @@ def _check_patterns(patterns: dict) -> None:
         raise ValueError(f"manifest: no path pattern for {missing}; the workflow passes one per name in PATTERNS")
 
 
-def pseudolabel_inputs(config: dict, dataset: str, patterns: dict) -> dict[str, str]:
-    """``labels_{modality}`` -> the pseudo-label file of every modality of ``dataset``."""
+def pseudolabel_inputs(config: dict, dataset: str, seed, patterns: dict) -> dict[str, str]:
+    """``labels_{modality}`` -> the seed's pseudo-label file of every modality of ``dataset``."""
     return {
-        f"labels_{m}": patterns["pseudolabels"].format(dataset=dataset, modality=m)
+        f"labels_{m}": patterns["pseudolabels"].format(dataset=dataset, seed=seed, modality=m)
         for m in config["dataset_specs"][dataset]["modalities"]
     }
 
@@ -103,10 +103,11 @@ def feature_inputs(config: dict, dataset: str, patterns: dict) -> dict[str, str]
 
 
 def need_inputs(config: dict, need: str, dataset: str, seed, patterns: dict) -> dict[str, str]:
-    """The named input files of one need (:data:`pmsid.methods.registry.NEEDS`)."""
+    """The named input files of one need (:data:`pmsid.methods.registry.NEEDS`),
+    those of the run's ``seed``: a seed-s job reads the seed-s IDs and labels."""
     where = {"dataset": dataset, "seed": seed}
     if need == "rqkmeans_ids":
-        return {"ids": patterns["rqkmeans_ids"].format(dataset=dataset)}
+        return {"ids": patterns["rqkmeans_ids"].format(**where)}
     if need in ("pmat_global_tables", "pmat_personalized_tables", "pmat_oracle_tables"):
         variant = need.split("_")[1]
         return {
@@ -120,7 +121,7 @@ def need_inputs(config: dict, need: str, dataset: str, seed, patterns: dict) -> 
             "assignment": patterns["pmat_replay_assignment"].format(**where),
         }
     if need == "pseudolabels":
-        return pseudolabel_inputs(config, dataset, patterns)
+        return pseudolabel_inputs(config, dataset, seed, patterns)
     if need == "features":
         return feature_inputs(config, dataset, patterns)
     if need.startswith("model:"):
@@ -228,7 +229,8 @@ def report_manifest(config: dict, patterns: dict, slice: str = "all") -> list[di
         add("dataset_stats", patterns["stats"].format(dataset=d), dataset=d)
         if "image" in config["dataset_specs"][d]["modalities"]:
             add("dataset_images", patterns["images"].format(dataset=d), dataset=d)
-        add("quality", patterns["rqkmeans_quality"].format(dataset=d), dataset=d)
+        for s in seeds:
+            add("quality", patterns["rqkmeans_quality"].format(dataset=d, seed=s), dataset=d, seed=s)
     pmat_datasets = [d for d in config["pmat"]["datasets"] if "pmat" in sections.get(d, ())]
     for d in pmat_datasets:
         for s in seeds:
@@ -257,9 +259,11 @@ def report_inputs(manifest: list[dict]) -> list[str]:
 
 
 def report_baseline(config: dict, slice: str = "all") -> str:
-    """The method the main significance table tests against: the first
-    ``baseline`` of the main comparison that runs (registry order: SASRec
-    before TIGER), else the first method of the main comparison."""
+    """The main significance table's reference when the main comparison has
+    no method of role ``baseline`` (the report tests against the best
+    baseline of each dataset and metric otherwise): the first ``baseline``
+    that runs (registry order: SASRec before TIGER), else the first method
+    of the main comparison."""
     main = [m for _, m in slice_runs(config, slice) if "main" in registry.get(m).sections]
     if not main:
         raise ValueError(f"config: no method of the main comparison runs in slice {slice!r}; list one in `methods:`")
@@ -270,7 +274,7 @@ def report_baseline(config: dict, slice: str = "all") -> str:
 def report_sections(config: dict, slice: str = "all") -> list[tuple[str, list[str], list[str]]]:
     """``(category, table stems, figure stems)`` of every report section ``slice`` produces."""
     sections = [
-        ("Tables", ["datasets", "main_comparison", "significance", "id_quality"], []),
+        ("Tables", ["datasets", "main_comparison", "significance", "id_quality", "decoding", "training_budget"], []),
         ("Figures", [], ["codebook_utilization", "training_curves", "metric_comparison"]),
     ]
     present = set().union(*_slice_sections(config, slice).values())

@@ -59,7 +59,7 @@ IMAGES = pa.schema(
     ]
 )
 
-# results/pseudolabels/{dataset}/{modality}.parquet: k-means cluster per item.
+# results/pseudolabels/{dataset}/seed{seed}/{modality}.parquet: k-means cluster per item.
 PSEUDOLABELS = pa.schema(
     [
         pa.field("item_idx", pa.int32(), nullable=False),

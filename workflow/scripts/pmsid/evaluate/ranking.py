@@ -7,7 +7,10 @@ same way for every method, so that the metrics can be recomputed from
 ``ranking.parquet`` alone.
 
 Tie rule, for every score-based method: items are ordered by score,
-descending, and equal scores by item index, ascending (:func:`top_k`).
+descending, and equal scores by item index, ascending (:func:`top_k`);
+items scored -inf (excluded) are dropped. The ranks that training's
+validation computes from full scores
+(:func:`pmsid.evaluate.metrics.rank_of_target`) follow the same rule.
 """
 
 from __future__ import annotations

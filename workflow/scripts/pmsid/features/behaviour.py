@@ -25,6 +25,12 @@ PPMI row and hence a zero embedding. A zero vector has no direction, which
 breaks cosine-based code downstream (L2 normalization in the tokenizer,
 cosine pseudo-labels), so such items get the mean embedding of the other
 items, and their number is logged and recorded in the file's metadata.
+
+Seeds. Nothing here is random: ARPACK's start vector is drawn from
+:data:`START_SEED`, and the solution it converges to does not depend on it
+(any start vector gives the same features to ~1e-12, column signs fixed;
+tests/test_behaviour.py). So the stage runs once per dataset, every run
+seed shares its file, and the config has no seed for it.
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ log = logging.getLogger("pmsid.features.behaviour")
 STAGE = "behaviour_features"
 MODALITY = "behaviour"
 SOURCE = "training-split co-occurrence, PPMI + truncated SVD"
+START_SEED = 0  # ARPACK's start vector (the features do not depend on it)
 
 
 def _training_sequences(interactions_df: pd.DataFrame, n_items: int) -> tuple[np.ndarray, np.ndarray]:
@@ -135,7 +142,7 @@ def ppmi(counts: sp.spmatrix) -> sp.csr_matrix:
     return out
 
 
-def truncated_svd(matrix: sp.spmatrix, dim: int, seed: int | None) -> tuple[np.ndarray, np.ndarray]:
+def truncated_svd(matrix: sp.spmatrix, dim: int, seed: int | None = START_SEED) -> tuple[np.ndarray, np.ndarray]:
     """The ``dim`` largest singular triplets of a sparse matrix; returns ``(U (n, dim), S (dim,))``.
 
     scipy's ARPACK ``svds``, converged to machine precision, not the
@@ -144,9 +151,11 @@ def truncated_svd(matrix: sp.spmatrix, dim: int, seed: int | None) -> tuple[np.n
     (39.54, 39.47, 39.41, ...), and the randomized solver with its default 7
     power iterations leaves the subspace far from converged (the embeddings'
     Gram matrix off by 20%, and different per seed), while ARPACK matches a
-    dense SVD to 1e-14 in the same time (0.2 s). The seed fixes ARPACK's
-    start vector; signs are fixed with sklearn's ``svd_flip`` (largest entry
-    of each column of U positive), so the output is deterministic.
+    dense SVD to 1e-14 in the same time (0.2 s). The seed draws ARPACK's
+    start vector, which the converged result does not depend on (beyond
+    exactly tied singular values); signs are fixed with sklearn's
+    ``svd_flip`` (largest entry of each column of U positive), so the output
+    is the same for every seed.
     """
     rng = np.random.default_rng(seed)
     v0 = rng.uniform(-1.0, 1.0, size=min(matrix.shape))
@@ -214,17 +223,17 @@ def _embeddings_with_stats(
 
 
 def behaviour_embeddings(
-    interactions_df: pd.DataFrame, n_items: int, dim: int, window: int, seed: int | None
+    interactions_df: pd.DataFrame, n_items: int, dim: int, window: int, seed: int | None = START_SEED
 ) -> np.ndarray:
     """Behaviour embedding per item: PPMI + truncated SVD of training co-occurrence.
 
     Returns a float32 matrix ``(n_items, dim)``, row ``i`` = item_idx ``i``:
     ``U * sqrt(S)`` of the rank-``dim`` truncated SVD of the PPMI of
     :func:`cooccurrence_matrix` (training split only, pairs within
-    ``window`` positions). Deterministic for a given ``seed`` (ARPACK's
-    start vector; :func:`truncated_svd` converges to machine precision, so
-    seeds differ only where singular values tie); ``seed=None`` draws a
-    fresh start vector.
+    ``window`` positions). ``seed`` draws ARPACK's start vector only:
+    :func:`truncated_svd` converges to machine precision, so every seed
+    (``None`` too: a fresh start vector) gives the same embeddings to ~1e-12,
+    unless singular values tie exactly.
 
     ``dim`` is clipped to ``n_items - 1`` with a warning. Items with no
     training co-occurrence (all-zero PPMI row) get the mean embedding of the
@@ -240,7 +249,6 @@ def extract_behaviour_features(
     out_path: str | os.PathLike,
     dim: int = 64,
     window: int = 5,
-    seed: int | None = 0,
 ) -> None:
     """Write the behaviour feature file ``out_path`` (stage ``behaviour_features``).
 
@@ -260,11 +268,11 @@ def extract_behaviour_features(
     splits = interactions["split"].value_counts().to_dict()
 
     start = time.perf_counter()
-    matrix, stats = _embeddings_with_stats(interactions, n_items, dim, window, seed)
+    matrix, stats = _embeddings_with_stats(interactions, n_items, dim, window, START_SEED)
     seconds = time.perf_counter() - start
     log.info(
         "behaviour features: %d items x %d dims from %d training interactions (ignored %d valid, %d test), "
-        "window %d, seed %s: %d co-occurring pairs, PPMI nnz %d, top singular values %s, "
+        "window %d: %d co-occurring pairs, PPMI nnz %d, top singular values %s, "
         "%d item(s) without training co-occurrence (mean-filled: %d); %.2f s",
         n_items,
         stats["dim"],
@@ -272,7 +280,6 @@ def extract_behaviour_features(
         splits.get("valid", 0),
         splits.get("test", 0),
         window,
-        seed,
         stats["n_cooccurrence_pairs"],
         stats["ppmi_nnz"],
         [round(x, 2) for x in stats["top_singular_values"]],
@@ -290,7 +297,6 @@ def extract_behaviour_features(
             "source": SOURCE,
             "dim": stats["dim"],
             "window": int(window),
-            "seed": seed,
             "n_items": int(n_items),
             "n_items_without_training_cooccurrence": stats["n_items_without_training_cooccurrence"],
             "n_items_mean_filled": stats["n_items_mean_filled"],

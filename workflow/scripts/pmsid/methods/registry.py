@@ -14,7 +14,8 @@ two functions (:mod:`pmsid.methods.run`):
   those lists, the same way for every method.
 
 What a method needs upstream is named by *needs* (:data:`NEEDS`), which the
-workflow turns into input files: ``rqkmeans_ids`` (one ID table),
+workflow turns into input files (the run seed's files: every need but ``features``
+comes from a stage that runs once per seed): ``rqkmeans_ids`` (one ID table),
 ``pmat_global_tables`` / ``pmat_personalized_tables`` / ``pmat_oracle_tables``
 (PMAT's ID tables from the mean, the learned or the planted weights, each
 user's table per split and each training prefix's table), ``pmat_replayed_tables`` (the tables

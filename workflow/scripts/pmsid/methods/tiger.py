@@ -7,7 +7,10 @@ ablations. The tables come from the job's inputs (``ids``, and
 ``assignment`` for personalized tables; ``pmsid.data.loaders.load_id_tables``).
 Ranking is trie-constrained beam search: every returned list is a list of
 valid items, best beam first; the beam's invalid-ID rate and wall time are
-measured on the way.
+measured on the way. The constrained rate is 0 by construction (an
+invariant the tests check), so the test split is also decoded without the
+trie (:func:`unconstrained_measures`): that search's invalid-ID rate and
+accuracy say whether the model itself has learnt which IDs exist.
 """
 
 from __future__ import annotations
@@ -20,8 +23,10 @@ import torch
 
 from pmsid.data.loaders import load_id_tables, load_sequences
 from pmsid.data.sequences import eval_samples
-from pmsid.evaluate.ranking import SPLITS, Ranking, history_items
-from pmsid.models.beam import beam_search_tables
+from pmsid.evaluate.metrics import user_metrics
+from pmsid.evaluate.ranking import SPLITS, Ranking, history_items, ranks_in_list
+from pmsid.models.beam import Trie, beam_search_tables
+from pmsid.models.generator import TigerGenerator
 from pmsid.runtime import resolve_device, seed_everything
 from pmsid.train import recipes
 
@@ -97,8 +102,9 @@ def rank_generator(
     under, one ``(U,)`` array for both splits or ``{"valid": (U,), "test":
     (U,)}`` (PMAT's drift updates move users between tables); required when
     ``P > 1``. Each split's :class:`Ranking` carries ``invalid_id_rate``
-    (finished beams that are not an item, over all beams) and
-    ``beam_seconds_per_user`` (wall clock) as extra measures.
+    (finished beams that are not an item, over all beams; 0 by construction)
+    and ``beam_seconds_per_user`` (wall clock) as extra measures, the test
+    split also those of :func:`unconstrained_measures`.
     """
     if beam_size < max(ks):
         raise ValueError(f"beam_size {beam_size} < max(ks) {max(ks)}: beam search returns only beam_size items")
@@ -112,7 +118,7 @@ def rank_generator(
     tries = recipes.build_tries(codes, model.level_sizes, dev)
     rankings = {}
     for split in SPLITS:
-        users, hist, _ = eval_samples(seqs, split, cfg["history_cap"])
+        users, hist, targets = eval_samples(seqs, split, cfg["history_cap"])
         exclude = history_items(seqs, split) if exclude_history else None
         tables = split_tables[split]
         log.info("beam search %s: users per ID table %s", split, np.bincount(tables, minlength=len(codes)).tolist())
@@ -132,8 +138,53 @@ def rank_generator(
             1e3 * seconds / len(users),
             result.n_invalid,
         )
+        if split == "test":
+            start = time.perf_counter()
+            free = unconstrained_measures(
+                model, tries, hist, tables, targets, beam_size, exclude, ks, cfg["eval_batch_size"]
+            )
+            _sync(dev)
+            log.info(
+                "unconstrained beam search test: %.2f ms per user, invalid-ID rate %.4f",
+                1e3 * (time.perf_counter() - start) / len(users),
+                free["unconstrained_invalid_id_rate"],
+            )
+            extra.update(free)
         rankings[split] = Ranking(users=users, items=np.asarray(result.items), extra=extra)
     return rankings
+
+
+def unconstrained_measures(
+    model: TigerGenerator,
+    tries: list[Trie],
+    hist: np.ndarray,
+    user_tables: np.ndarray,
+    targets: np.ndarray,
+    beam_size: int,
+    exclude: np.ndarray | None,
+    ks: list[int],
+    batch_size: int,
+) -> dict[str, float]:
+    """The same beam search without the trie, and what its lists are worth.
+
+    Constrained search cannot emit an invalid ID, so its rate of 0 says
+    nothing about the model; decoded with any code allowed at every level
+    (``constrained=False``, same width and scores, each finished beam mapped
+    to an item through the user's table ``tries[user_tables[u]]``), the
+    model shows how often its best IDs name no item. Returns
+    ``unconstrained_invalid_id_rate`` (invalid beams over all ``U x
+    beam_size`` beams) and ``unconstrained_Recall@K`` / ``unconstrained_NDCG@K``
+    for every K of ``ks``, from :func:`pmsid.evaluate.metrics.user_metrics`
+    on the targets' ranks in the unconstrained lists, where an invalid beam
+    keeps its slot (a miss) and an excluded item's beam is dropped.
+    """
+    result = beam_search_tables(model, tries, hist, user_tables, beam_size, exclude, batch_size, constrained=False)
+    means = user_metrics(ranks_in_list(result.items, targets), ks).mean()
+    names = [f"{name}@{k}" for k in ks for name in ("Recall", "NDCG")]
+    return {
+        "unconstrained_invalid_id_rate": result.n_invalid / result.items.size,
+        **{f"unconstrained_{name}": float(means[name]) for name in names},
+    }
 
 
 def _sync(device: torch.device) -> None:

@@ -21,6 +21,13 @@ searched in the trie of the table they decode under;
 :func:`beam_search_tables` groups users by table and maps every generated ID
 back to an item index through that user's table.
 
+Unconstrained search (``constrained=False``): the same beams, scores and
+width, but every code of a level extends every beam, so a finished beam may be
+a code tuple that no item has. The trie then serves only as the user's ID
+table, mapping each finished beam to its item (or ``-1``). Constrained search
+cannot emit an invalid ID (an invariant, tested); the unconstrained invalid-ID
+rate is what says how well the model has learnt which IDs exist.
+
 :func:`brute_force_topk` scores every valid ID exactly (teacher forcing) and is
 the reference the tests hold beam search to.
 """
@@ -99,6 +106,17 @@ class Trie:
         self.codes = self.codes.to(device)
         return self
 
+    def items_of(self, ids: torch.Tensor) -> torch.Tensor:
+        """The item each ID of ``ids (..., D)`` names in this table, ``-1`` for a code tuple no item has.
+
+        Codes must lie below :attr:`level_sizes` (the model's sizes, for IDs
+        the model generated). Returns a long tensor shaped ``ids.shape[:-1]``.
+        """
+        node = torch.zeros(ids.shape[:-1], dtype=torch.long, device=ids.device)
+        for e in range(self.depth):
+            node = torch.where(node >= 0, self.child[e][node.clamp(min=0), ids[..., e]], -1)
+        return node
+
     def remaining_leaves(self, excluded: torch.Tensor | None, depth: int, nodes: torch.Tensor) -> torch.Tensor:
         """Items below ``nodes`` (depth ``depth``, any shape ``(N, ...)``, ``-1`` allowed) not excluded.
 
@@ -135,9 +153,11 @@ def _check_level_sizes(level_sizes: list[int], needed: list[int]) -> list[int]:
 class BeamResult:
     """Top-``B`` items per user, best first.
 
-    ``items (U, B)`` int64 with ``-1`` where fewer than ``B`` valid IDs exist;
+    ``items (U, B)`` int64 with ``-1`` where fewer than ``B`` valid IDs exist
+    and, in unconstrained search, for a finished beam that is no item's ID
+    (an invalid beam: ``-1`` with its finite score, in its place);
     ``scores (U, B)`` the IDs' log-probabilities (``-inf`` for the fill);
-    ``n_invalid`` counts finished beams that are not an item (0 by construction).
+    ``n_invalid`` counts the invalid beams (0 by construction in constrained search).
     """
 
     items: np.ndarray
@@ -163,8 +183,9 @@ def beam_search(
     exclude_items: np.ndarray | torch.Tensor | None = None,
     batch_size: int = 256,
     table: int | None = None,
+    constrained: bool = True,
 ) -> BeamResult:
-    """Trie-constrained beam search for every user.
+    """Trie-constrained (or, with ``constrained=False``, unconstrained) beam search for every user.
 
     ``histories (U, cap)``: left-padded item indices (``PAD = -1``).
     ``exclude_items (U, H)``: items each user must not get (``-1`` padded), or None.
@@ -172,6 +193,11 @@ def beam_search(
     ``trie`` must be that table's trie (checked). Users are processed
     ``batch_size`` at a time; all beams of a batch advance together. Returns
     a :class:`BeamResult` of item indices.
+
+    Unconstrained search (:func:`_free_beam_batch`) extends every beam by
+    every code and maps the finished beams to items through ``trie``; an
+    excluded item's beam is dropped from the list after that mapping (the
+    list closes up), rather than pruned from the search.
     """
     if beam_size < 1:
         raise ValueError(f"beam_size must be >= 1, got {beam_size}")
@@ -188,7 +214,8 @@ def beam_search(
         excluded = None
         if exclude_items is not None:
             excluded = exclusion_mask(exclude_items[start : start + batch_size], trie.n_items, device)
-        it, sc, bad = _beam_batch(model, trie, hist, beam_size, excluded, table)
+        search = _beam_batch if constrained else _free_beam_batch
+        it, sc, bad = search(model, trie, hist, beam_size, excluded, table)
         items.append(it.cpu().numpy())
         scores.append(sc.cpu().numpy())
         n_invalid += bad
@@ -218,12 +245,13 @@ def beam_search_tables(
     beam_size: int,
     exclude_items: np.ndarray | torch.Tensor | None = None,
     batch_size: int = 256,
+    constrained: bool = True,
 ) -> BeamResult:
     """Beam search for users who decode under different ID tables.
 
     ``tries[p]`` is the trie of the model's table ``p`` (``len(tries) ==
     model.n_tables``); ``user_tables (U,)`` gives each user's table;
-    ``histories (U, cap)`` and ``exclude_items (U, H)`` as in
+    ``histories (U, cap)``, ``exclude_items (U, H)`` and ``constrained`` as in
     :func:`beam_search`. Users are grouped by table, each group searched in
     its table's trie (so a generated ID becomes the item it names in that
     user's table), and the results are put back in input order: ``items (U,
@@ -248,7 +276,9 @@ def beam_search_tables(
     for p in np.unique(user_tables):
         rows = np.flatnonzero(user_tables == p)
         excluded = None if exclude_items is None else exclude_items[rows]
-        result = beam_search(model, tries[p], histories[rows], beam_size, excluded, batch_size, table=int(p))
+        result = beam_search(
+            model, tries[p], histories[rows], beam_size, excluded, batch_size, table=int(p), constrained=constrained
+        )
         items[rows], scores[rows] = result.items, result.scores
         n_invalid += result.n_invalid
     return BeamResult(items, scores, n_invalid)
@@ -284,10 +314,55 @@ def _beam_batch(
     finished = score > NEG_INF
     n_invalid = int((finished & (node < 0)).sum())
     items = torch.where(finished, node, -1)
-    width = items.shape[1]
-    if width < beam:  # fewer valid IDs than beams: fill the tail
+    items, score = _fill(items, score, beam)
+    return items, score, n_invalid
+
+
+def _fill(items: torch.Tensor, score: torch.Tensor, beam: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``items, score (N, W)`` padded to ``beam`` columns with item -1, score -inf (fewer IDs than beams)."""
+    n, width = items.shape
+    if width < beam:
         items = torch.cat([items, items.new_full((n, beam - width), -1)], dim=1)
         score = torch.cat([score, score.new_full((n, beam - width), NEG_INF)], dim=1)
+    return items, score
+
+
+def _free_beam_batch(
+    model: TigerGenerator,
+    trie: Trie,
+    hist: torch.Tensor,
+    beam: int,
+    excluded: torch.Tensor | None,
+    table: int | None,
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """:func:`_beam_batch` without the trie: the top ``beam`` continuations over every code of each level.
+
+    Only after the last level is each finished beam looked up in ``trie`` (the
+    ID table): a code tuple no item has stays in its place as item -1 with its
+    score and counts as invalid; a beam whose item is excluded is dropped and
+    the beams behind it move up, the tail padded with item -1, score -inf.
+    """
+    memory, pad = model.encode(hist, table)  # (N, L, d), (N, L)
+    n = hist.shape[0]
+    score = torch.zeros(n, 1, device=hist.device)  # (N, W) log-prob of each prefix, W from 1 to `beam`
+    prefix = torch.zeros(n, 1, 0, dtype=torch.long, device=hist.device)  # (N, W, depth) codes so far
+    for depth in range(trie.depth):
+        k_level = trie.level_sizes[depth]
+        cand = (score[..., None] + model.next_logprobs(memory, pad, prefix)).flatten(1)  # (N, W * K)
+        score, flat = cand.topk(min(beam, cand.shape[1]), dim=1)  # (N, W')
+        parent, code = flat // k_level, flat % k_level
+        prefix = torch.cat([prefix.gather(1, parent[..., None].expand(-1, -1, depth)), code[..., None]], dim=-1)
+    finished = score > NEG_INF
+    node = trie.items_of(prefix)  # (N, W) item index, -1 for no item's ID
+    n_invalid = int((finished & (node < 0)).sum())
+    items = torch.where(finished, node, -1)
+    if excluded is not None:
+        dropped = (items >= 0) & excluded.gather(1, items.clamp(min=0))
+        order = torch.sort(dropped.int(), dim=1, stable=True).indices  # kept beams first, in score order
+        dropped = dropped.gather(1, order)
+        items = items.gather(1, order).masked_fill(dropped, -1)
+        score = score.gather(1, order).masked_fill(dropped, NEG_INF)
+    items, score = _fill(items, score, beam)
     return items, score, n_invalid
 
 

@@ -72,8 +72,9 @@ def pseudolabels_for(
     """Cluster one modality's feature file and write its pseudo-labels (contract PSEUDOLABELS).
 
     The metadata records the requested and used number of clusters, the
-    seed, the inertia and the cluster sizes (min / median / max), so a
-    degenerate clustering shows in the file itself.
+    seed (the run's seed in the workflow: one clustering per seed), the
+    inertia and the cluster sizes (min / median / max), so a degenerate
+    clustering shows in the file itself.
     """
     item_idx, matrix = read_features(feature_path)
     labels, inertia, k = _fit(matrix, n_clusters, seed, n_init)

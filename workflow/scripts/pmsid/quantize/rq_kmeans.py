@@ -267,7 +267,8 @@ def tokenize(
     them (Fusion eq.), fits ``levels`` x ``codes`` residual k-means, appends
     the dedup token and writes ``out_ids`` (ids contract, with levels, codes,
     seed, reconstruction error and max dedup index as metadata) and
-    ``out_quality`` (ID_QUALITY contract, see :func:`id_quality`).
+    ``out_quality`` (ID_QUALITY contract, see :func:`id_quality`). The
+    workflow passes the run's seed: one tokenizer per seed.
     """
     start = time.perf_counter()
     item_idx, matrices = _read_aligned_features(feature_paths)

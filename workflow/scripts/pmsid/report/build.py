@@ -9,7 +9,7 @@ import logging
 import os
 from pathlib import Path
 
-from pmsid.report import datasets, figures, mcrl, pmat, tables
+from pmsid.report import datasets, decoding, figures, mcrl, pmat, tables, training
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +43,10 @@ def build_report(
     ``dataset``, ``method``, ``seed``, ``sections`` (the report sections the
     run appears in: main, pmat, mcrl), ``label`` and ``role``. The sections:
 
-    - always: ``main_comparison``, ``significance`` and ``id_quality`` as
-      ``.csv/.md/.tex``, the figures ``codebook_utilization.png``,
+    - always: ``main_comparison``, ``significance``, ``id_quality``,
+      ``decoding`` (:mod:`pmsid.report.decoding`, every section's runs) and
+      ``training_budget`` (:mod:`pmsid.report.training`) as
+      ``.csv/.md/.tex/.html``, the figures ``codebook_utilization.png``,
       ``training_curves.png`` and ``metric_comparison.png``, the
       ``datasets`` table, and ``README.md``, which embeds the Markdown
       tables and links the figures;
@@ -56,6 +58,13 @@ def build_report(
       of the ``mcrl`` section: tables ``mcrl_ablation``, ``mcrl_id_space``,
       ``mcrl_cost``, figures ``mcrl_loss_curves.png`` and ``mcrl_tsne.png``.
       MCRL's runs stay out of the main comparison.
+
+    The significance table tests every main-table model against the best
+    method of role ``baseline`` of its dataset and metric
+    (:func:`pmsid.report.tables.significance`, Holm-corrected across the
+    table); ``baseline_model`` is the reference only when the main section
+    has no baseline. The PMAT and MCRL ablations test their rows against
+    their control on ``significance_metric``.
 
     ``setting`` (config ``setting``: quick or thesis) heads every table's
     caption and the README. ``exclude_history`` states whether the evaluation removed the user's
@@ -89,22 +98,35 @@ def build_report(
     written: list[str] = []
 
     runs = tables.collect_runs(metrics_paths, exclude_history=exclude_history)
-    main = tables.main_table(runs, split="test", metrics=metrics)
-    main_caption = tables.main_caption(exclude_history, metrics, split="test")
-    written += tables.write_table_formats(main, out / "main_comparison", main_caption, setting)
-
-    sig = tables.significance(per_user_paths, baseline_model, metric=significance_metric, alpha=alpha)
+    # Every main-table model is tested against the best baseline of its dataset and metric.
+    baselines = tables.SectionRows.from_manifest(manifest, "main").with_role("baseline") or [baseline_model]
+    sig = tables.significance(per_user_paths, baselines, metrics=tables.SIGNIFICANCE_METRICS, alpha=alpha)
     sig_caption = " ".join(
         [
-            tables.significance_caption(baseline_model, significance_metric, alpha),
+            tables.significance_caption(baselines, tables.SIGNIFICANCE_METRICS, alpha),
             tables.protocol_caption(exclude_history, metrics),
         ]
     )
+    main = tables.mark_significant(tables.main_table(runs, split="test", metrics=metrics), sig)
+    main_caption = tables.main_caption(exclude_history, metrics, split="test", alpha=alpha)
+    written += tables.write_table_formats(main, out / "main_comparison", main_caption, setting)
     written += tables.write_table_formats(sig, out / "significance", sig_caption, setting)
 
     quality = tables.collect_quality(quality_paths)
     id_quality = tables.id_quality_table(quality_paths)
     written += tables.write_table_formats(id_quality, out / "id_quality", tables.ID_QUALITY_CAPTION, setting)
+
+    # Every TIGER-style run of every section: constrained against unconstrained beam search.
+    all_runs = tables.collect_runs(select(manifest, "metrics"), exclude_history=exclude_history)
+    decoding_caption = decoding.DECODING_CAPTION + " " + tables.protocol_caption(exclude_history, metrics)
+    written += tables.write_table_formats(
+        decoding.decoding_table(all_runs), out / "decoding", decoding_caption, setting
+    )
+
+    # Every trained model of every section: its budget, best epoch and whether it stopped early.
+    method_order = list(dict.fromkeys(e["method"] for e in manifest if "method" in e))
+    budget = training.budget_table(training.collect_budgets(select(manifest, "train_log")), method_order)
+    written += tables.write_table_formats(budget, out / "training_budget", training.BUDGET_CAPTION, setting)
 
     figure_captions = {
         "metric_comparison.png": (
@@ -131,8 +153,10 @@ def build_report(
         sections.append(("Datasets", "datasets", datasets.DATASETS_CAPTION))
     sections += [
         ("Main comparison", "main_comparison", main_caption),
-        (f"Significance against {baseline_model}", "significance", sig_caption),
+        ("Significance against the best baseline", "significance", sig_caption),
         ("Semantic-ID quality", "id_quality", tables.ID_QUALITY_CAPTION),
+        ("Constrained and unconstrained decoding", "decoding", decoding_caption),
+        ("Training budgets", "training_budget", training.BUDGET_CAPTION),
     ]
     if with_pmat:
         # The PMAT table's own rows: its oracle reference is in no other table.
@@ -176,12 +200,14 @@ def build_report(
 def _readme(
     sections, out: Path, figure_captions: dict, exclude_history: bool, metrics: list[str], setting: str | None
 ) -> str:
-    """The report's index: setting, protocol, each table (embedded from its .md file), each figure."""
+    """The report's index: setting, protocol, seeds, each table (embedded from its .md file), each figure."""
     lines = [
         "# Report",
         "",
         *([tables.setting_note(setting), ""] if setting is not None else []),
         tables.protocol_caption(exclude_history, metrics),
+        "",
+        tables.SEED_NOTE,
         "",
         "Every table is also available as CSV (full precision) and LaTeX (needs `booktabs`).",
         "",

@@ -59,7 +59,9 @@ def plot_codebook_utilization(quality_df: pd.DataFrame, out_png: str | os.PathLi
     """Per-level codebook utilization and normalized entropy, one bar per dataset / tokenizer.
 
     ``quality_df`` is the long frame of :func:`pmsid.report.tables.collect_quality`
-    (``dataset, tokenizer, metric, level, value``). Two panels share the level
+    (``dataset, tokenizer, seed, metric, level, value``; one tokenizer per
+    seed). A bar is the mean over the seeds, its error bar their sample
+    standard deviation (none with one seed). Two panels share the level
     axis; both quantities lie in [0, 1], where 1 means every code is used
     (utilization) or used equally often (normalized entropy).
     """
@@ -79,14 +81,14 @@ def plot_codebook_utilization(quality_df: pd.DataFrame, out_png: str | os.PathLi
         if part.empty:
             ax.text(0.5, 0.5, f"no {metric} in quality files", ha="center", va="center", transform=ax.transAxes)
         else:
-            sns.barplot(data=part, x="level", y="value", hue="ids", hue_order=hue_order, ax=ax, errorbar=None)
+            sns.barplot(data=part, x="level", y="value", hue="ids", hue_order=hue_order, ax=ax, errorbar="sd")
         ax.axhline(1.0, color="grey", linestyle="--", linewidth=0.8)  # the ideal: every code used
         ax.set_ylim(0, 1.08)
         ax.set_title(label)
         ax.set_xlabel("codebook level (0 = coarsest)")
         ax.set_ylabel(label)
     _one_legend_outside(axes, "dataset / tokenizer")
-    fig.suptitle("Semantic-ID codebook usage per level")
+    fig.suptitle("Semantic-ID codebook usage per level (mean ± std over seeds)")
     return _save(fig, out_png)
 
 

@@ -1,6 +1,6 @@
 """MCRL's part of the report: ablation, ID-space measures, training cost, loss curves, t-SNE.
 
-:func:`write_mcrl_report` writes three tables (``.csv/.md/.tex``) and two
+:func:`write_mcrl_report` writes three tables (``.csv/.md/.tex/.html``) and two
 figures; :func:`pmsid.report.build.build_report` calls it when it is given
 MCRL's files. Its rows are the methods of the manifest's ``mcrl`` section
 (:class:`pmsid.report.tables.SectionRows`: their order, the loss terms each

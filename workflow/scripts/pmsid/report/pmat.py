@@ -1,6 +1,6 @@
 """PMAT's part of the report: ablation, drift-triggered updates, preference recovery, ID quality.
 
-:func:`write_pmat_report` writes four tables (``.csv/.md/.tex``) and two
+:func:`write_pmat_report` writes four tables (``.csv/.md/.tex/.html``) and two
 figures; :func:`pmsid.report.build.build_report` calls it when it is given
 PMAT's files. Where a file comes from is read off its path, which the
 workflow fixes:
@@ -54,7 +54,12 @@ PREFERENCE_TRUTH_KEYS = (
 
 # Whole-ID metrics (level -1) every PMAT quality file must have, then the optional ones.
 QUALITY_REQUIRED = ["n_prototypes", "collision_rate", "uniqueness_before_dedup", "uniqueness"]
-QUALITY_OPTIONAL = ["personalization_spearman_rho", "personalization_mantel_p"]
+QUALITY_OPTIONAL = [
+    "personalization_spearman_rho",
+    "personalization_mantel_p",
+    "personalization_user_spearman_rho",
+    "personalization_user_mantel_p",
+]
 QUALITY_PER_LEVEL = ["semantic_consistency_gap", "utilization"]
 
 _PMAT_PATH = r"(?:^|/)results/pmat/(?P<dataset>[^/]+)/seed(?P<seed>\d+)/{filename}$"
@@ -272,9 +277,10 @@ UPDATES_CAPTION = (
     "mean_churn_per_update (share of catalogue items whose ID changes for the user), "
     "mean_future_churn_per_update (the same over the user's items still to come) and "
     "mean_consistency_loss, each averaged over the seeds where it is defined (blank where no update fired in "
-    "any seed). n_bound_violations_total is the sum over seeds of updates that broke the Theorem 2 bound; "
-    "max_bound_ratio is the largest over seeds of ||h_{t+1} - h_t|| / ||h_new - h_t|| (the bound holds while it is "
-    "at most lambda_max). theta (drift threshold), "
+    "any seed). n_bound_violations_total is the sum over seeds of updates that broke the Theorem 2 bound, "
+    "which holds by construction (a convex step with lambda <= lambda_max): an invariant checked as a test of "
+    "the implementation (non-zero only through a bug), not a result; max_bound_ratio is the largest over seeds "
+    "of ||h_{t+1} - h_t|| / ||h_new - h_t|| (at most lambda_max while the invariant holds). theta (drift threshold), "
     "window, lambda_max and n_prototypes are the replay's settings, equal for every seed."
 )
 
@@ -355,7 +361,9 @@ PMAT_QUALITY_CAPTION = (
     "one table per preference prototype), means over seeds. n_prototypes is P; collision rate and uniqueness "
     "before and after the dedup token are means over the P tables. personalization_spearman_rho: Spearman "
     "correlation, over prototype pairs, between the distance of two tables' IDs and of their prototypes' "
-    "weights, with its Mantel permutation p-value (blank for P < 3). Per level (L0 = coarsest): "
+    "weights, with its Mantel permutation p-value (blank for P < 3); the personalization_user_ columns are the "
+    "same over user pairs (each user's IDs under its own table against the distance of the users' own weights, "
+    "at most 1,000 users; blank for P = 1). Per level (L0 = coarsest): "
     "semantic_consistency_gap, the feature similarity of items sharing the ID prefix minus that of random "
     "pairs (above 0: the IDs group similar items), and codebook utilization."
 )

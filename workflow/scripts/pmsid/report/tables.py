@@ -7,12 +7,13 @@ LaTeX for the thesis.
 
 Where a run comes from is read off its path, which the workflow fixes
 ``results/evaluate/{dataset}/{model}/seed{seed}/metrics.parquet``
-and ``results/tokenize/{dataset}/{tokenizer}/quality.parquet``. A path of
-another shape fails loudly rather than being guessed at.
+and ``results/tokenize/{dataset}/{tokenizer}/seed{seed}/quality.parquet``. A
+path of another shape fails loudly rather than being guessed at.
 """
 
 from __future__ import annotations
 
+import html
 import logging
 import os
 import re
@@ -44,7 +45,9 @@ DECIMALS = 4
 PM = "±"
 
 _RUN_PATH = r"(?:^|/)results/{stage}/(?P<dataset>[^/]+)/(?P<model>[^/]+)/seed(?P<seed>\d+)/{filename}$"
-_TOKENIZER_PATH = re.compile(r"(?:^|/)results/tokenize/(?P<dataset>[^/]+)/(?P<tokenizer>[^/]+)/quality\.parquet$")
+_TOKENIZER_PATH = re.compile(
+    r"(?:^|/)results/tokenize/(?P<dataset>[^/]+)/(?P<tokenizer>[^/]+)/seed(?P<seed>\d+)/quality\.parquet$"
+)
 _METRIC_NAME = re.compile(r"^(?P<name>Recall|NDCG|MRR)@(?P<k>\d+)$")
 
 
@@ -58,13 +61,15 @@ class SectionRows:
     ``methods`` in table order (the registry's), ``control`` the one every
     other row is tested against (None when the section has none),
     ``descriptions`` a clause per method for captions, ``losses`` the loss
-    terms a method trains with, where its options name them (MCRL).
+    terms a method trains with, where its options name them (MCRL),
+    ``roles`` each method's role (floor, baseline, control, ours, oracle).
     """
 
     methods: tuple[str, ...]
     control: str | None = None
     descriptions: dict = field(default_factory=dict)
     losses: dict = field(default_factory=dict)
+    roles: dict = field(default_factory=dict)
 
     @classmethod
     def from_manifest(cls, manifest: list[dict], section: str) -> SectionRows:
@@ -80,7 +85,12 @@ class SectionRows:
             control=controls[0] if controls else None,
             descriptions={m: first[m].get("description") or first[m].get("label", m) for m in methods},
             losses={m: tuple(first[m].get("options", {}).get("losses", ())) for m in methods},
+            roles={m: first[m].get("role") for m in methods},
         )
+
+    def with_role(self, role: str) -> list[str]:
+        """The methods of ``role``, in table order."""
+        return [m for m in self.methods if self.roles.get(m) == role]
 
     def losses_label(self, method: str) -> str:
         """The loss terms of ``method``, e.g. ``L_user + L_intra``; ``none`` for none."""
@@ -113,14 +123,15 @@ def parse_run_path(path: str | os.PathLike, stage: str, filename: str) -> dict:
 
 
 def parse_tokenizer_path(path: str | os.PathLike) -> dict:
-    """``{dataset, tokenizer}`` of ``results/tokenize/{dataset}/{tokenizer}/quality.parquet``."""
+    """``{dataset, tokenizer, seed}`` of ``results/tokenize/{dataset}/{tokenizer}/seed{seed}/quality.parquet``
+    (one tokenizer per run seed)."""
     m = _TOKENIZER_PATH.search(Path(path).as_posix())
     if m is None:
         raise ValueError(
-            f"{path}: cannot read dataset/tokenizer from this path; expected "
-            "results/tokenize/{dataset}/{tokenizer}/quality.parquet"
+            f"{path}: cannot read dataset/tokenizer/seed from this path; expected "
+            "results/tokenize/{dataset}/{tokenizer}/seed{seed}/quality.parquet"
         )
-    return {"dataset": m["dataset"], "tokenizer": m["tokenizer"]}
+    return {"dataset": m["dataset"], "tokenizer": m["tokenizer"], "seed": int(m["seed"])}
 
 
 def _require_paths(paths: list, what: str) -> list:
@@ -192,12 +203,28 @@ def protocol_caption(exclude_history: bool, metrics: list[str] = DEFAULT_METRICS
     )
 
 
-def main_caption(exclude_history: bool, metrics: list[str] = DEFAULT_METRICS, split: str = "test") -> str:
-    """Caption of the main comparison table: what the cells are, then the protocol."""
+# Which stages vary with a run's seed, for the captions of tables with a std over seeds.
+SEED_NOTE = (
+    "Seeds: a run's seed reaches every stochastic stage, the RQ-KMeans tokenizer, the k-means pseudo-labels, "
+    "PMAT (preference network, prototypes, ID tables, update replay) and every model, so a std over seeds "
+    "covers all of a method's random choices; the text, image and behaviour features are deterministic, the "
+    "same for every seed."
+)
+
+
+def main_caption(
+    exclude_history: bool, metrics: list[str] = DEFAULT_METRICS, split: str = "test", alpha: float = 0.05
+) -> str:
+    """Caption of the main comparison table: what the cells and markers are, then the protocol."""
     return (
         f"Main comparison on the {split} split: mean {PM} sample standard deviation over seeds "
         f"(std shown when a model has more than one seed; 'seeds' gives their number); "
-        f"bold marks the best model per dataset and metric. " + protocol_caption(exclude_history, metrics, split)
+        f"bold marks the best model per dataset and metric, underline the second best; {SIG_MARK} marks a "
+        f"cell ({' or '.join(SIGNIFICANCE_METRICS)}) that differs significantly from the dataset's best baseline "
+        f"(Holm-corrected Wilcoxon p < {alpha}; the significance table gives the tests). "
+        + protocol_caption(exclude_history, metrics, split)
+        + " "
+        + SEED_NOTE
     )
 
 
@@ -223,7 +250,8 @@ def main_table(
     The std (sample std, ``ddof=1``) is shown only when there is more than one
     seed; the ``seeds`` column says how many. The best model per dataset and
     metric is wrapped in ``**...**`` (Markdown bold, which
-    :func:`write_table_formats` turns into ``\\textbf`` for LaTeX); ties are all
+    :func:`write_table_formats` turns into ``\\textbf`` for LaTeX), the
+    second best in ``<u>...</u>`` (underlined; ``\\underline``); ties are all
     marked. A metric a model lacks shows as ``-``.
     """
     metrics = list(metrics)
@@ -243,14 +271,18 @@ def main_table(
         .agg(mean="mean", std=lambda v: v.std(ddof=1) if len(v) > 1 else np.nan, n="count")
         .reset_index()
     )
-    # The best mean per dataset and metric; isclose so that equal means are a tie.
-    stats_["best"] = np.isclose(stats_["mean"], _best_per_group(stats_), rtol=0.0, atol=1e-12)
+    # The best and second-best mean per dataset and metric; isclose so that equal means are a tie.
+    best, second = _best_per_group(stats_)
+    stats_["best"] = np.isclose(stats_["mean"], best, rtol=0.0, atol=1e-12)
+    stats_["second"] = np.isclose(stats_["mean"], second, rtol=0.0, atol=1e-12) & ~stats_["best"]
 
     def cell(row) -> str:
         text = f"{row['mean']:.{DECIMALS}f}"
         if row["n"] > 1:
             text += f" {PM} {row['std']:.{DECIMALS}f}"
-        return f"**{text}**" if row["best"] else text
+        if row["best"]:
+            return f"**{text}**"
+        return f"<u>{text}</u>" if row["second"] else text
 
     stats_["cell"] = stats_.apply(cell, axis=1)
     wide = stats_.pivot(index=["dataset", "model"], columns="metric", values="cell")
@@ -261,15 +293,66 @@ def main_table(
     return table[["dataset", "model", "seeds", *metrics]].sort_values(["dataset", "model"], ignore_index=True)
 
 
-def _best_per_group(stats_: pd.DataFrame) -> pd.Series:
-    """Best mean of each (dataset, metric) group, aligned to ``stats_``'s rows."""
-    grouped = stats_.groupby(["dataset", "metric"])["mean"]
-    best = grouped.transform("max")
-    lower = stats_["metric"].isin(LOWER_IS_BETTER)
-    return best.where(~lower, grouped.transform("min"))
+def _best_per_group(stats_: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
+    """Best and second-best distinct mean of each (dataset, metric) group, aligned to ``stats_``'s rows.
+
+    Higher is better except for :data:`LOWER_IS_BETTER`; a group with one
+    distinct mean has no second (NaN).
+    """
+    sign = np.where(stats_["metric"].isin(LOWER_IS_BETTER), -1.0, 1.0)
+    score = stats_["mean"] * sign
+    # Means within 1e-12 are one value, as the tie rule of the markers.
+    key = score.round(12)
+    grouped = key.groupby([stats_["dataset"], stats_["metric"]])
+    first = grouped.transform("max")
+    second = key.where(key < first).groupby([stats_["dataset"], stats_["metric"]]).transform("max")
+    return first * sign, second * sign
 
 
 # --------------------------------------------------------------------------- significance
+
+# The per-user metrics the main table tests, each against the best baseline.
+SIGNIFICANCE_METRICS = ("NDCG@10", "Recall@10")
+# A model is tested only with at least this many seeds on both sides: with one
+# training run per model a test over users cannot tell the method from the
+# run's randomness (the quick setting's single seed shows no p-values).
+MIN_TEST_SEEDS = 2
+CI_LEVEL = 0.95
+# The main table's marker of a cell that differs significantly from the best
+# baseline (Holm-corrected Wilcoxon p < alpha); LaTeX gets $^{\dagger}$.
+SIG_MARK = "†"
+
+
+def holm(pvalues) -> np.ndarray:
+    """Holm's step-down adjusted p-values, in the input order (Holm 1979).
+
+    With the ``m`` p-values sorted ascending, the ``i``-th (1-based) becomes
+    ``max_{j <= i} min(1, (m - j + 1) p_(j))``; rejecting where the adjusted
+    value is below alpha controls the family-wise error rate at alpha. NaN
+    entries (comparisons not tested) are left NaN and do not count in ``m``.
+    """
+    p = np.asarray(pvalues, dtype=np.float64)
+    out = np.full(p.shape, np.nan)
+    tested = np.flatnonzero(~np.isnan(p))
+    order = tested[np.argsort(p[tested], kind="stable")]
+    m = len(order)
+    out[order] = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
+    return out
+
+
+def mean_difference_ci(diff: np.ndarray, level: float = CI_LEVEL) -> tuple[float, float, float]:
+    """Mean of the paired differences ``diff`` and its two-sided t interval at ``level``.
+
+    The effect size beside each p-value. With all differences equal the
+    interval is that one value; with fewer than two it is undefined (NaN).
+    """
+    diff = np.asarray(diff, dtype=np.float64)
+    mean = float(diff.mean())
+    if len(diff) < 2:
+        return mean, np.nan, np.nan
+    se = float(diff.std(ddof=1)) / np.sqrt(len(diff))
+    half = float(stats.t.ppf(0.5 + level / 2, len(diff) - 1)) * se
+    return mean, mean - half, mean + half
 
 
 def _per_user_values(path: str, metric: str, split: str) -> pd.DataFrame:
@@ -312,39 +395,16 @@ def _paired_tests(model: np.ndarray, baseline: np.ndarray) -> tuple[float, float
     return w_p, t_p
 
 
-def significance(
-    per_user_paths: list[str],
-    baseline_model: str,
-    metric: str = "NDCG@10",
-    split: str = "test",
-    alpha: float = 0.05,
-) -> pd.DataFrame:
-    """Paired tests of every model against ``baseline_model``, per dataset.
-
-    Per-user values of ``metric`` come from :func:`pmsid.evaluate.metrics.user_metrics`
-    on the ranks in ``per_user.parquet`` (null rank = not retrieved) and are
-    averaged per user over the seeds of a model, so each user contributes one
-    paired observation. Tests: two-sided Wilcoxon signed-rank
-    (``scipy.stats.wilcoxon``) and paired t-test (``scipy.stats.ttest_rel``).
-    ``significant`` is ``wilcoxon_p < alpha``. Models identical to the
-    baseline on every user get p = 1.
-    """
+def _users_by_model(per_user_paths: list[str], metric: str, split: str) -> dict[str, tuple[pd.DataFrame, pd.Series]]:
+    """Per dataset: users x models (each cell the user's ``metric`` averaged over
+    that model's seeds) and each model's number of seeds."""
     rows = []
     for path in _require_paths(per_user_paths, "significance"):
         run = parse_run_path(path, "evaluate", "per_user.parquet")
         rows.append(_per_user_values(path, metric, split).assign(**run))
     values = pd.concat(rows, ignore_index=True)
-
-    out = []
+    out = {}
     for dataset, ds in values.groupby("dataset", sort=True):
-        models = sorted(ds["model"].unique())
-        if baseline_model not in models:
-            raise ValueError(
-                f"significance: baseline '{baseline_model}' has no per_user.parquet on dataset '{dataset}'; "
-                f"found models {models}"
-            )
-        seeds = ds.groupby("model")["seed"].nunique()
-        # users x models, each cell the user's value averaged over that model's seeds
         by_user = ds.groupby(["user_idx", "model"])["value"].mean().unstack("model")
         if by_user.isna().any().any():
             missing = by_user.columns[by_user.isna().any()].tolist()
@@ -352,47 +412,120 @@ def significance(
                 f"significance: on dataset '{dataset}' model(s) {missing} lack some {split} users that other "
                 "models have; every model must be evaluated on the same users"
             )
-        base = by_user[baseline_model].to_numpy()
-        for model in models:
-            if model == baseline_model:
-                continue
-            other = by_user[model].to_numpy()
-            w_p, t_p = _paired_tests(other, base)
-            log.info(
-                "%s: %s vs %s on %s: wilcoxon p=%.3g, t-test p=%.3g", dataset, model, baseline_model, metric, w_p, t_p
-            )
-            out.append(
-                {
-                    "dataset": dataset,
-                    "model": model,
-                    "baseline": baseline_model,
-                    "metric": metric,
-                    "n_users": len(base),
-                    "seeds_model": int(seeds[model]),
-                    "seeds_baseline": int(seeds[baseline_model]),
-                    "mean_model": float(other.mean()),
-                    "mean_baseline": float(base.mean()),
-                    "delta": float(other.mean() - base.mean()),
-                    "wilcoxon_p": w_p,
-                    "ttest_p": t_p,
-                    "significant": bool(w_p < alpha),
-                }
-            )
-    columns = [
-        "dataset", "model", "baseline", "metric", "n_users", "seeds_model", "seeds_baseline",
-        "mean_model", "mean_baseline", "delta", "wilcoxon_p", "ttest_p", "significant",
-    ]  # fmt: skip
-    return pd.DataFrame(out, columns=columns)
+        out[dataset] = (by_user, ds.groupby("model")["seed"].nunique())
+    return out
 
 
-def significance_caption(baseline_model: str, metric: str, alpha: float = 0.05, split: str = "test") -> str:
+SIGNIFICANCE_COLUMNS = [
+    "dataset", "metric", "model", "baseline", "n_users", "seeds_model", "seeds_baseline",
+    "mean_model", "mean_baseline", "delta", "ci95_low", "ci95_high",
+    "wilcoxon_p", "wilcoxon_p_holm", "ttest_p", "ttest_p_holm", "significant",
+]  # fmt: skip
+
+
+def significance(
+    per_user_paths: list[str],
+    baselines: list[str],
+    metrics: tuple[str, ...] | list[str] = SIGNIFICANCE_METRICS,
+    split: str = "test",
+    alpha: float = 0.05,
+    min_seeds: int = MIN_TEST_SEEDS,
+) -> pd.DataFrame:
+    """Paired tests of every model against the best of ``baselines``, per dataset and metric.
+
+    Per-user values of each metric come from
+    :func:`pmsid.evaluate.metrics.user_metrics` on the ranks in
+    ``per_user.parquet`` (null rank = not retrieved), averaged per user over
+    the seeds of a model, so each user contributes one paired observation.
+    The reference of a (dataset, metric) is the baseline of ``baselines``
+    with the highest mean there; every other model of the dataset is tested
+    against it: two-sided Wilcoxon signed-rank (``scipy.stats.wilcoxon``) and
+    paired t-test (``scipy.stats.ttest_rel``), Holm-corrected (:func:`holm`)
+    across every comparison of the table. ``delta`` is the mean per-user
+    difference, ``ci95_low``/``ci95_high`` its t interval
+    (:func:`mean_difference_ci`). ``significant`` is Holm-corrected Wilcoxon
+    p < ``alpha``. A model with fewer than ``min_seeds`` seeds on either side
+    gets its delta but no interval and no p-values (NaN, not significant).
+    Models identical to the reference on every user get p = 1.
+    """
+    baselines = list(baselines)
+    out = []
+    for metric in metrics:
+        for dataset, (by_user, seeds) in _users_by_model(per_user_paths, metric, split).items():
+            present = [b for b in baselines if b in by_user.columns]
+            if not present:
+                raise ValueError(
+                    f"significance: none of the baselines {baselines} has a per_user.parquet on dataset "
+                    f"'{dataset}'; found models {sorted(by_user.columns)}"
+                )
+            # The best baseline by mean; the first listed wins a tie.
+            reference = max(present, key=lambda b: (by_user[b].mean(), -present.index(b)))
+            base = by_user[reference].to_numpy()
+            for model in sorted(by_user.columns):
+                if model == reference:
+                    continue
+                other = by_user[model].to_numpy()
+                if min(seeds[model], seeds[reference]) >= min_seeds:
+                    delta, low, high = mean_difference_ci(other - base)
+                    w_p, t_p = _paired_tests(other, base)
+                else:
+                    delta, low, high, w_p, t_p = float(np.mean(other - base)), np.nan, np.nan, np.nan, np.nan
+                out.append(
+                    {
+                        "dataset": dataset, "metric": metric, "model": model, "baseline": reference,
+                        "n_users": len(base), "seeds_model": int(seeds[model]),
+                        "seeds_baseline": int(seeds[reference]), "mean_model": float(other.mean()),
+                        "mean_baseline": float(base.mean()), "delta": delta, "ci95_low": low, "ci95_high": high,
+                        "wilcoxon_p": w_p, "ttest_p": t_p,
+                    }
+                )  # fmt: skip
+    table = pd.DataFrame(
+        out, columns=[c for c in SIGNIFICANCE_COLUMNS if not c.endswith("_holm") and c != "significant"]
+    )
+    table["wilcoxon_p_holm"] = holm(table["wilcoxon_p"])
+    table["ttest_p_holm"] = holm(table["ttest_p"])
+    table["significant"] = table["wilcoxon_p_holm"] < alpha  # NaN (untested) compares False
+    for row in table.itertuples():
+        log.info(
+            "%s %s: %s vs %s: delta %+.4f, wilcoxon p=%.3g (Holm %.3g), t-test p=%.3g (Holm %.3g)",
+            row.dataset, row.metric, row.model, row.baseline, row.delta,
+            row.wilcoxon_p, row.wilcoxon_p_holm, row.ttest_p, row.ttest_p_holm,
+        )  # fmt: skip
+    return table[SIGNIFICANCE_COLUMNS]
+
+
+def paired_tests_sentence(alpha: float = 0.05, min_seeds: int = MIN_TEST_SEEDS) -> str:
+    """What every table's paired tests are, in one sentence."""
+    return (
+        "Per user (each user's value averaged over seeds): delta = mean difference with its 95% t interval; "
+        "two-sided Wilcoxon signed-rank test (users with equal values dropped) and paired t-test, both "
+        f"Holm-corrected across the table's comparisons; significant = Holm-corrected Wilcoxon p < {alpha}; "
+        "p = 1 where two models score every user the same; models with fewer than "
+        f"{min_seeds} seeds are not tested (one training run cannot separate the method from its randomness)."
+    )
+
+
+def significance_caption(
+    baselines: list[str], metrics=SIGNIFICANCE_METRICS, alpha: float = 0.05, split: str = "test"
+) -> str:
     """Caption of the significance table."""
     return (
-        f"Paired significance tests of each model against {baseline_model} on per-user {split} {metric} "
-        f"(each user's value averaged over seeds): two-sided Wilcoxon signed-rank test (users with equal "
-        f"values dropped) and paired t-test; significant = Wilcoxon p < {alpha}; p = 1 where the two models "
-        "score every user the same."
+        f"Paired significance tests of each model against the best baseline of its dataset and metric "
+        f"(the baseline of {', '.join(baselines)} with the highest mean) on per-user {split} "
+        f"{' and '.join(metrics)}. " + paired_tests_sentence(alpha)
     )
+
+
+def mark_significant(table: pd.DataFrame, sig: pd.DataFrame) -> pd.DataFrame:
+    """``table`` (:func:`main_table`'s) with :data:`SIG_MARK` after each cell whose
+    model differs significantly from its dataset's best baseline on that metric."""
+    marked = table.copy()
+    hits = sig[sig["significant"]]
+    for row in hits.itertuples():
+        where = (marked["dataset"] == row.dataset) & (marked["model"] == row.model)
+        if row.metric in marked.columns:
+            marked.loc[where, row.metric] = marked.loc[where, row.metric] + SIG_MARK
+    return marked
 
 
 # --------------------------------------------------------------------------- ablations
@@ -430,10 +563,12 @@ def ablation_table(
     ``baseline``. ``runs`` is :func:`collect_runs`'s frame; the cells come
     from :func:`main_table` restricted to ``models`` (bold = best of them per
     dataset). Each model is tested against ``baseline`` of the same dataset
-    with :func:`significance` on per-user test ``metric``: columns
-    ``delta_{metric}``, ``wilcoxon_p``, ``ttest_p``, ``significant``. The
-    baseline's rows, and every row of a dataset without the baseline, have no
-    test (NaN). ``what`` names the table in errors and ``inputs`` the
+    with :func:`significance` on per-user test ``metric``, Holm-corrected
+    across the table's rows: columns ``delta_{metric}``, ``ci95_low``,
+    ``ci95_high``, ``wilcoxon_p``, ``wilcoxon_p_holm``, ``ttest_p``,
+    ``ttest_p_holm``, ``significant``. The baseline's rows, every row of a
+    dataset without the baseline, and models with one seed have no test
+    (NaN, not significant). ``what`` names the table in errors and ``inputs`` the
     arguments that carry its metrics and per-user files, so that an error
     says which list lacks a file.
     """
@@ -455,30 +590,29 @@ def ablation_table(
         run = parse_run_path(path, "evaluate", "per_user.parquet")
         if run["model"] in models and run["dataset"] in with_baseline:
             paths.append(path)
-    columns = ["dataset", "model", f"delta_{metric}", "wilcoxon_p", "ttest_p", "significant"]
+    tested = ["ci95_low", "ci95_high", "wilcoxon_p", "wilcoxon_p_holm", "ttest_p", "ttest_p_holm", "significant"]
+    columns = ["dataset", "model", f"delta_{metric}", *tested]
     if paths:
-        sig = significance(paths, baseline, metric=metric, alpha=alpha)
+        sig = significance(paths, [baseline], metrics=[metric], alpha=alpha)
         sig = sig.rename(columns={"delta": f"delta_{metric}"})[columns]
     else:
         sig = pd.DataFrame(columns=columns)
-    table = table.merge(sig, on=["dataset", "model"], how="left")
-    untested = table[table["dataset"].isin(with_baseline) & (table["model"] != baseline)]
-    untested = untested[untested["wilcoxon_p"].isna()]
+    table = table.merge(sig.assign(_tested=True), on=["dataset", "model"], how="left")
+    untested = table[table["dataset"].isin(with_baseline) & (table["model"] != baseline) & table["_tested"].isna()]
     if len(untested):
         first = untested.iloc[0]
         raise ValueError(
             f"{what}: no per_user.parquet for {first['model']} on dataset '{first['dataset']}'; "
             f"pass every evaluated model's per-user file in {per_user_arg}"
         )
-    return table.reset_index(drop=True)
+    table["significant"] = table["significant"].fillna(False).astype(bool)
+    return table.drop(columns="_tested").reset_index(drop=True)
 
 
 def ablation_test_caption(baseline: str, metric: str = "NDCG@10", alpha: float = 0.05) -> str:
     """The sentence of an ablation caption that says what the paired tests are."""
-    return (
-        f"Each model against {baseline} of the same dataset on per-user test {metric} (each user's value "
-        f"averaged over seeds): delta of the means, two-sided Wilcoxon signed-rank test (users with equal values "
-        f"dropped) and paired t-test; significant = Wilcoxon p < {alpha}."
+    return f"Each model against {baseline} of the same dataset on per-user test {metric}. " + paired_tests_sentence(
+        alpha
     )
 
 
@@ -486,10 +620,14 @@ def ablation_test_caption(baseline: str, metric: str = "NDCG@10", alpha: float =
 
 
 def collect_quality(quality_paths: list[str]) -> pd.DataFrame:
-    """Concatenate ``quality.parquet`` files: ``dataset, tokenizer, metric, level, value``."""
-    frames = []
+    """Concatenate ``quality.parquet`` files: ``dataset, tokenizer, seed, metric, level, value``."""
+    frames, seen = [], {}
     for path in _require_paths(quality_paths, "collect_quality"):
         tok = parse_tokenizer_path(path)
+        key = tuple(tok.values())
+        if key in seen:
+            raise ValueError(f"collect_quality: {path} and {seen[key]} are the same (dataset, tokenizer, seed) {key}")
+        seen[key] = path
         df = read_table(path, ID_QUALITY)
         have = set(df.loc[df["level"] == -1, "metric"])
         missing = [m for m in WHOLE_ID_METRICS if m not in have]
@@ -499,37 +637,44 @@ def collect_quality(quality_paths: list[str]) -> pd.DataFrame:
             dup = df.loc[df.duplicated(["metric", "level"]), ["metric", "level"]].iloc[0].to_dict()
             raise ValueError(f"{path}: (metric, level) {dup} appears twice")
         frames.append(df.assign(**tok))
-    return pd.concat(frames, ignore_index=True)[["dataset", "tokenizer", "metric", "level", "value"]]
+    return pd.concat(frames, ignore_index=True)[["dataset", "tokenizer", "seed", "metric", "level", "value"]]
 
 
 def id_quality_table(quality_paths: list[str]) -> pd.DataFrame:
-    """One row per (dataset, tokenizer): whole-ID metrics, then per-level columns.
+    """One row per (dataset, tokenizer): ``seeds``, whole-ID metrics, then per-level columns.
 
-    Per-level columns are named ``{metric}_L{level}`` with levels counted
-    from 0 (the coarsest), as in quality.parquet: utilization, normalized
-    entropy, then any other per-level metric (e.g. prefix utilization).
+    Each cell reads ``mean ± std`` over the seeds' tokenizers (:func:`mean_std`:
+    std only with more than one seed), as the main table does for models, so
+    the table shows how much the IDs vary with the seed; ``seeds`` says how
+    many there are. Per-level columns are named ``{metric}_L{level}`` with
+    levels counted from 0 (the coarsest), as in quality.parquet: utilization,
+    normalized entropy, then any other per-level metric (e.g. prefix
+    utilization). A figure a tokenizer lacks shows as ``-``.
     """
     q = collect_quality(quality_paths)
-    whole = q[q["level"] == -1].pivot(index=["dataset", "tokenizer"], columns="metric", values="value")
-    per_level = q[q["level"] >= 0]
+    keys = ["dataset", "tokenizer"]
+    whole, per_level = q[q["level"] == -1], q[q["level"] >= 0]
     # Utilization and entropy first (the figures docs/METHOD.md section 3 asks for), then the rest.
     first = ["utilization", "normalized_entropy"]
     level_metrics = [m for m in first if m in set(per_level["metric"])]
     level_metrics += sorted(set(per_level["metric"]) - set(first))
     levels = sorted(per_level["level"].unique())
-    per_level = per_level.assign(column=per_level["metric"] + "_L" + per_level["level"].astype(str))
-    wide_levels = per_level.pivot(index=["dataset", "tokenizer"], columns="column", values="value")
-    level_cols = [f"{m}_L{lv}" for m in level_metrics for lv in levels if f"{m}_L{lv}" in wide_levels.columns]
-    extra_whole = sorted(set(whole.columns) - set(WHOLE_ID_METRICS))
-    table = whole[WHOLE_ID_METRICS + extra_whole].join(wide_levels[level_cols]).reset_index()
+    level_cols = [f"{m}_L{lv}" for m in level_metrics for lv in levels]
+    whole_cols = WHOLE_ID_METRICS + sorted(set(whole["metric"]) - set(WHOLE_ID_METRICS))
+    column = np.where(q["level"] == -1, q["metric"], q["metric"] + "_L" + q["level"].astype(str))
+    cells = q.assign(column=column).groupby([*keys, "column"])["value"].agg(mean_std).unstack("column")
+    columns = [c for c in whole_cols + level_cols if c in cells.columns]
+    seeds = q.groupby(keys)["seed"].nunique().rename("seeds")
+    table = seeds.to_frame().join(cells[columns].fillna("-")).reset_index()
     table.columns.name = None
-    return table.sort_values(["dataset", "tokenizer"], ignore_index=True)
+    return table.sort_values(keys, ignore_index=True)
 
 
 ID_QUALITY_CAPTION = (
-    "Semantic-ID quality per dataset and tokenizer: collision rate and ID uniqueness before the dedup "
-    "token, uniqueness after it, the largest dedup index, and per level (L0 = coarsest) the codebook "
-    "utilization and normalized entropy of code usage."
+    f"Semantic-ID quality per dataset and tokenizer, one tokenizer per seed: mean {PM} sample standard "
+    "deviation over the seeds (std shown with more than one seed; 'seeds' gives their number) of the collision "
+    "rate and ID uniqueness before the dedup token, uniqueness after it, the largest dedup index, and per level "
+    "(L0 = coarsest) the codebook utilization and normalized entropy of code usage."
 )
 
 
@@ -557,14 +702,17 @@ _LATEX_SPECIALS = {
 
 
 def latex_escape(text: str) -> str:
-    """Escape LaTeX specials in plain ``text``; ``±`` becomes ``$\\pm$``."""
+    """Escape LaTeX specials in plain ``text``; ``±`` becomes ``$\\pm$``, :data:`SIG_MARK` ``$^{\\dagger}$``."""
     escaped = "".join(_LATEX_SPECIALS.get(ch, ch) for ch in str(text))
-    return escaped.replace(PM, r"$\pm$")
+    return escaped.replace(PM, r"$\pm$").replace(SIG_MARK, r"$^{\dagger}$")
 
 
 def _latex_cell(escaped: str) -> str:
-    """Finish a cell Styler already escaped: ``**x**`` -> ``\\textbf{x}``, ``±`` -> ``$\\pm$``, ``<``, ``>``."""
-    text = str(escaped).replace(PM, r"$\pm$").replace("<", r"\textless{}").replace(">", r"\textgreater{}")
+    """Finish a cell Styler already escaped: ``**x**`` -> ``\\textbf{x}``, ``<u>x</u>`` ->
+    ``\\underline{x}``, ``±`` -> ``$\\pm$``, :data:`SIG_MARK` -> ``$^{\\dagger}$``, ``<``, ``>``."""
+    text = re.sub(r"<u>(.+?)</u>", r"\\underline{\1}", str(escaped))
+    text = text.replace(PM, r"$\pm$").replace(SIG_MARK, r"$^{\dagger}$")
+    text = text.replace("<", r"\textless{}").replace(">", r"\textgreater{}")
     return re.sub(r"\*\*(.+?)\*\*", r"\\textbf{\1}", text)
 
 
@@ -594,7 +742,7 @@ def setting_note(setting: str) -> str:
 def write_table_formats(
     df: pd.DataFrame, stem: str | os.PathLike, caption: str, setting: str | None = None
 ) -> list[str]:
-    """Write ``{stem}.csv``, ``{stem}.md`` and ``{stem}.tex``; returns the three paths.
+    """Write ``{stem}.csv``, ``{stem}.md``, ``{stem}.tex`` and ``{stem}.html``; returns the four paths.
 
     With a ``setting``, the caption starts with :func:`setting_note`.
 
@@ -604,12 +752,14 @@ def write_table_formats(
       label ``tab:{stem name}`` (underscores become hyphens); cells, headers
       and caption are escaped, ``±`` is set as ``$\\pm$`` and ``**x**`` as
       ``\\textbf{x}``. Needs ``booktabs`` in the preamble.
+    - HTML: a standalone page, the caption as the table's ``<caption>``; the
+      one ``snakemake --report`` shows (:func:`_html_cell` for the markers).
     """
     if setting is not None:
         caption = f"{setting_note(setting)} {caption}"
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
-    paths = [f"{stem}.csv", f"{stem}.md", f"{stem}.tex"]
+    paths = [f"{stem}.csv", f"{stem}.md", f"{stem}.tex", f"{stem}.html"]
 
     df.to_csv(paths[0], index=False)
 
@@ -631,7 +781,38 @@ def write_table_formats(
         column_format="l" * shown.shape[1],
     )
     Path(paths[2]).write_text(latex, encoding="utf-8")
+
+    body = shown.map(_html_cell).rename(columns=html.escape).to_html(index=False, escape=False)
+    body = re.sub(r"<table[^>]*>", lambda _: f"<table>\n  <caption>{html.escape(caption)}</caption>", body, count=1)
+    Path(paths[3]).write_text(_HTML_PAGE.format(title=html.escape(stem.name), table=body), encoding="utf-8")
     return paths
+
+
+_HTML_PAGE = """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>{title}</title>
+<style>
+body {{ font-family: sans-serif; font-size: 14px; }}
+table {{ border-collapse: collapse; }}
+caption {{ caption-side: top; text-align: left; max-width: 60em; padding-bottom: 0.5em; }}
+th, td {{ padding: 2px 8px; text-align: left; border-bottom: 1px solid #ddd; white-space: nowrap; }}
+thead th {{ border-bottom: 2px solid #333; }}
+</style>
+</head>
+<body>
+{table}
+</body>
+</html>
+"""
+
+
+def _html_cell(text: str) -> str:
+    """A shown cell as HTML: escaped, then ``**x**`` -> ``<strong>x</strong>`` and ``<u>x</u>`` kept."""
+    escaped = html.escape(str(text))
+    escaped = re.sub(r"&lt;u&gt;(.+?)&lt;/u&gt;", r"<u>\1</u>", escaped)
+    return re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", escaped)
 
 
 def check_same_runs(frames: dict[str, pd.DataFrame], keys: list[str], section: str) -> None:

@@ -26,7 +26,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import pandas as pd
@@ -84,6 +84,10 @@ class TrainResult:
     best_epoch: int
     log: pd.DataFrame  # one row per epoch, contract TRAIN_LOG
     resumed_from: int | None  # last finished epoch found in the checkpoint, or None
+    # The budget and how it was used: max_epochs, patience, max_samples_per_epoch,
+    # epochs_run, best_epoch, stopped_early (patience ran out before max_epochs).
+    # Written as the train log's metadata, so the report can state it per run.
+    budget: dict = field(default_factory=dict)
 
 
 def config_hash(obj: object) -> str:
@@ -172,7 +176,15 @@ def train_loop(
         raise ValueError(f"{name}: no epoch was trained; max_epochs is {cfg.max_epochs}, it must be >= 1")
     frame = pd.DataFrame(state["rows"], columns=["epoch", "step", "loss", "valid_ndcg10"])
     frame = frame.astype({"epoch": "int32", "step": "int64", "loss": "float64", "valid_ndcg10": "float64"})
-    return TrainResult(state["best_state"], state["best_metric"], state["best_epoch"], frame, resumed_from)
+    budget = {
+        "max_epochs": cfg.max_epochs,
+        "patience": cfg.patience,
+        "max_samples_per_epoch": cfg.max_samples_per_epoch,
+        "epochs_run": state["epoch"],
+        "best_epoch": state["best_epoch"],
+        "stopped_early": bool(state["done"]),
+    }
+    return TrainResult(state["best_state"], state["best_metric"], state["best_epoch"], frame, resumed_from, budget)
 
 
 def _train_epoch(model, loss_fn, data, optimizer, scheduler, cfg, state, epoch, autocast, name) -> float:

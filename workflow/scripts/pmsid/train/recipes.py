@@ -244,7 +244,7 @@ def finish(model, result, payload, model_path, log_path) -> pd.DataFrame:
     """Save the best state and the train log."""
     model.load_state_dict(result.best_state)
     payload.update(state_dict=result.best_state, best_epoch=result.best_epoch, best_valid_ndcg10=result.best_metric)
-    contracts.write_table(result.log, log_path, contracts.TRAIN_LOG)
+    contracts.write_table(result.log, log_path, contracts.TRAIN_LOG, metadata=result.budget)
     atomic_save(payload, model_path)
     log.info("saved %s (best epoch %d, valid NDCG@10 %.4f)", model_path, result.best_epoch, result.best_metric)
     return result.log
@@ -362,7 +362,9 @@ def build_tries(codes: np.ndarray, level_sizes: list[int], device: torch.device)
 # ---------------------------------------------------------------------- ranking
 @torch.no_grad()
 def _sasrec_ranks(model: SASRec, hist, targets, exclude, batch_size: int) -> np.ndarray:
-    """Full-catalogue rank of each target (NaN when the target itself is excluded)."""
+    """Full-catalogue rank of each target under the evaluation's tie rule
+    (:func:`pmsid.evaluate.metrics.rank_of_target`; NaN when the target itself
+    is excluded), so validation ranks equal the evaluation's."""
     device = next(model.parameters()).device
     model.eval()
     ranks = []
@@ -371,13 +373,9 @@ def _sasrec_ranks(model: SASRec, hist, targets, exclude, batch_size: int) -> np.
         scores = model.scores(h).float()  # (N, n_items)
         if exclude is not None:
             ex = torch.from_numpy(exclude[start : start + batch_size]).to(device)
-            scores = mask_items(scores, ex)
-        ranks.append(rank_of_target(scores.cpu().numpy(), targets[start : start + batch_size]).astype(np.float64))
-    r = np.concatenate(ranks)
-    if exclude is not None:
-        excluded_target = (exclude == targets[:, None]).any(axis=1)
-        r[excluded_target] = np.nan
-    return r
+            scores = mask_items(scores, ex)  # an excluded target is scored -inf: NaN rank
+        ranks.append(rank_of_target(scores.cpu().numpy(), targets[start : start + batch_size]))
+    return np.concatenate(ranks)
 
 
 # ------------------------------------------------------------------- loading

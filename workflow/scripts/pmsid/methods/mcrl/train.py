@@ -269,7 +269,7 @@ def train_mcrl(
             "heads": heads,
         },
     }
-    contracts.write_table(result.log, log_path, contracts.TRAIN_LOG)
+    contracts.write_table(result.log, log_path, contracts.TRAIN_LOG, metadata=result.budget)
     contracts.write_table(components, components_path, COMPONENTS)
     atomic_save(payload, model_path)
     _log_summary(name, components, result)

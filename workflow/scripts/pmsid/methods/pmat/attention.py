@@ -446,7 +446,11 @@ def _validate(projector, attention, raw, hist, targets, temperature, chunk=1024)
         logits = fused_cosine(q, alpha, items) / temperature  # (b, N)
         t = targets[s : s + chunk]
         losses.append(F.cross_entropy(logits, t, reduction="none"))
-        rank = (logits > logits.gather(1, t[:, None])).sum(dim=1)  # 0-based rank of the target
+        # 0-based rank of the target under the evaluation's tie rule: higher
+        # logits first, equal logits by lower item index (pmsid.evaluate.ranking.top_k).
+        target = logits.gather(1, t[:, None])
+        lower = torch.arange(logits.shape[1], device=logits.device)[None, :] < t[:, None]
+        rank = ((logits > target) | ((logits == target) & lower)).sum(dim=1)
         hits.append((rank < 10).float())
     return torch.cat(losses).mean().item(), torch.cat(hits).mean().item()
 

@@ -9,7 +9,9 @@ one dedup token. Three measures:
   random pairs?
 - personalization discrimination: how far apart one item's IDs are across
   tables, and whether that distance grows with the distance of the tables'
-  weights (Property 1 of docs/METHOD.md section 4).
+  weights (Property 1 of docs/METHOD.md section 4), across prototype pairs
+  (:func:`personalization_discrimination`) and across user pairs, each user
+  reading items under its own table (:func:`user_personalization`).
 
 Figures come back in the long form of ``contracts.ID_QUALITY`` (metric,
 level, value; level -1 = the whole ID, level l = the prefix c_0..c_l), with a
@@ -338,3 +340,123 @@ def personalization_discrimination(
         "reason": reason,
         "quality": quality,
     }
+
+
+def user_personalization(
+    ids: np.ndarray,
+    user_tables: np.ndarray,
+    user_weights: np.ndarray,
+    n_permutations: int = 999,
+    seed: int | None = 0,
+) -> dict:
+    """Theorem 1 at the user level: across user pairs, ID distance against modality-weight distance.
+
+    User u reads every item under its table ``t_u = user_tables[u]`` (its ID
+    of item i is ``ids[t_u, i]``) and has its own modality weights
+    ``alpha_u = user_weights[u]``. For every user pair u < v:
+
+        id_distance(u, v)     = mean_i (1/L) sum_{l<L} [ID_i^{t_u}[l] != ID_i^{t_v}[l]]   (0 when t_u = t_v)
+        weight_distance(u, v) = || alpha_u - alpha_v ||_2
+
+    (dedup token left out, as in :func:`personalization_discrimination`).
+    Across prototype pairs that claim rests on P (P - 1) / 2 points (6 for
+    P = 4); across the U (U - 1) / 2 user pairs it is tested on every user's
+    own weights, including how users of one table differ. Spearman's rho
+    between the two distances, with a one-sided Mantel permutation p-value
+    (:func:`_user_mantel_p_value`: pairs share users, so they are not
+    independent and no pairwise test is valid). Memory and time grow as
+    U^2; pass a sample of users for a large catalogue of users.
+
+    Returns a dict: ``spearman_rho``, ``mantel_p_value``, ``n_users``,
+    ``n_pairs``, ``reason`` (why rho is NaN: fewer than 3 users, or one
+    distance is the same for every pair, e.g. all users in one table; else
+    None) and ``quality``, the finite figures in ID_QUALITY form (level -1):
+    personalization_user_spearman_rho, personalization_user_mantel_p.
+    """
+    ids = _check_ids(ids)
+    n_tables, _, id_length = ids.shape
+    tables = np.asarray(user_tables)
+    weights = np.asarray(user_weights, dtype=np.float64)
+    if tables.ndim != 1 or not np.issubdtype(tables.dtype, np.integer) or not np.isin(tables, range(n_tables)).all():
+        raise ValueError(
+            f"user_tables must be a (U,) integer array of table indices in [0, {n_tables}) (the tables of ids); "
+            f"got {tables.dtype} {tables.shape}"
+        )
+    if weights.ndim != 2 or len(weights) != len(tables) or not np.isfinite(weights).all():
+        raise ValueError(
+            f"user_weights must be a finite (U, M) array with U = {len(tables)}, one row per user of user_tables; "
+            f"got {weights.shape}"
+        )
+    if id_length < 2:
+        raise ValueError(f"ids need at least one codebook token before the dedup token; id_length is {id_length}")
+    if n_permutations < 1:
+        raise ValueError(f"n_permutations must be >= 1; got {n_permutations}")
+    levels = id_length - 1
+    table_distance = np.zeros((n_tables, n_tables))
+    for p, q in itertools.combinations(range(n_tables), 2):
+        table_distance[p, q] = table_distance[q, p] = float((ids[p, :, :levels] != ids[q, :, :levels]).mean())
+    n_users = len(tables)
+    u, v = np.triu_indices(n_users, k=1)
+    id_distance = table_distance[tables[u], tables[v]]
+    weight_distance = np.linalg.norm(weights[u] - weights[v], axis=1)
+
+    rho = mantel = math.nan
+    reason = None
+    if n_users < 3:
+        reason = f"{n_users} user(s) give {len(u)} pair(s); a rank correlation needs at least 3 users"
+    elif np.ptp(weight_distance) == 0 or np.ptp(id_distance) == 0:
+        constant = "weight_distance" if np.ptp(weight_distance) == 0 else "id_distance"
+        reason = f"{constant} is the same for every user pair; a rank correlation is undefined"
+    else:
+        rho = _spearman(id_distance, weight_distance)
+        mantel = _user_mantel_p_value(tables, n_tables, id_distance, weight_distance, rho, n_permutations, seed)
+    figures = {"personalization_user_spearman_rho": rho, "personalization_user_mantel_p": mantel}
+    quality = _frame([(k, WHOLE_ID, x) for k, x in figures.items() if np.isfinite(x)], ["metric", "level", "value"])
+    return {
+        "spearman_rho": rho,
+        "mantel_p_value": mantel,
+        "n_users": n_users,
+        "n_pairs": len(u),
+        "reason": reason,
+        "quality": quality,
+    }
+
+
+def _user_mantel_p_value(
+    tables: np.ndarray,
+    n_tables: int,
+    id_distance: np.ndarray,
+    weight_distance: np.ndarray,
+    rho: float,
+    n_permutations: int,
+    seed,
+) -> float:
+    """One-sided Mantel test over user pairs: P(rho after relabelling which user holds which table >= rho).
+
+    ``id_distance`` and ``weight_distance`` are over the pairs
+    ``np.triu_indices(U, 1)``. The same test as :func:`_mantel_p_value` on
+    the users' (U, U) matrices with ``n_permutations`` random
+    relabellings, without ranking U^2 / 2 distances per relabelling: every
+    pair of one table pair (p, q) has the same ID distance, hence the same
+    average rank ``R[p, q]``, and a relabelling only moves pairs between
+    table pairs, so the multiset of ranks (and the norm of rho) stays. With
+    ``W`` the (U, U) centred ranks of the weight distances and ``E`` the
+    (U, P) one-hot tables after relabelling, the numerator of rho is
+    ``sum_{u<v} W[u, v] R[t_u, t_v] = (1/2) sum_{p,q} R[p, q] (E^T W E)[p, q]``.
+    """
+    n_users = len(tables)
+    u, v = np.triu_indices(n_users, k=1)
+    id_rank = rankdata(id_distance) - (len(id_distance) + 1) / 2
+    weight_rank = rankdata(weight_distance) - (len(weight_distance) + 1) / 2
+    norm = math.sqrt((id_rank @ id_rank) * (weight_rank @ weight_rank))
+    pair_rank = np.zeros((n_tables, n_tables))  # R: the rank of every user pair of tables (p, q)
+    pair_rank[tables[u], tables[v]] = pair_rank[tables[v], tables[u]] = id_rank
+    w = np.zeros((n_users, n_users))
+    w[u, v] = w[v, u] = weight_rank
+    one_hot = np.eye(n_tables)
+    rng = np.random.default_rng(seed)
+    count = 0
+    for _ in range(n_permutations):
+        e = one_hot[tables[rng.permutation(n_users)]]  # (U, P)
+        count += 0.5 * (pair_rank * (e.T @ w @ e)).sum() / norm >= rho - 1e-12
+    return (count + 1) / (n_permutations + 1)

@@ -256,7 +256,7 @@ def tokenize(
     else:
         prefix = prefix_tables(bundle, features, seqs, weights)
     contracts.write_table(prefix, outputs["prefix_tables"], contracts.PREFIX_TABLES)
-    quality = _quality(ids, weights, fused_inputs, tokenizer["codes"], fusion)
+    quality = _quality(ids, weights, fused_inputs, tokenizer["codes"], fusion, alphas, assignment)
     contracts.write_table(quality, outputs["quality"], contracts.ID_QUALITY)
     whole = quality[quality["level"] == -1].set_index("metric")["value"]
     log.info(
@@ -338,13 +338,26 @@ def _write_assignment(per_split: dict, path: str) -> None:
     contracts.write_table(pd.concat(frames, ignore_index=True), path, contracts.ASSIGNMENT)
 
 
+# Users Theorem 1's user-level test draws at most (its cost grows as users^2).
+MAX_THEOREM1_USERS = 1000
+
+
 def _quality(
-    ids: np.ndarray, weights: np.ndarray, f: list[np.ndarray], codebook_size: int, fusion: str = "sum"
+    ids: np.ndarray,
+    weights: np.ndarray,
+    f: list[np.ndarray],
+    codebook_size: int,
+    fusion: str = "sum",
+    alphas: np.ndarray | None = None,
+    assignment: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """ID quality in ID_QUALITY form: per-table figures averaged over the P tables, plus Theorem 1's.
 
     Semantic consistency is measured on the rows each table was quantized
-    from (``f`` fused by ``fusion`` under the table's weights)."""
+    from (``f`` fused by ``fusion`` under the table's weights). Theorem 1 is
+    measured over prototype pairs (P >= 3) and, given the users' weights
+    ``alphas`` and tables ``assignment``, over user pairs (P >= 2; at most
+    :data:`MAX_THEOREM1_USERS` users, a fixed sample beyond)."""
     per_table = id_quality.table_id_quality(ids, codebook_size)
     consistency = pd.concat(
         [
@@ -358,6 +371,11 @@ def _quality(
     extra = [pd.DataFrame({"metric": ["n_prototypes"], "level": [-1], "value": [float(len(ids))]})]
     if len(ids) >= 3:
         extra.append(id_quality.personalization_discrimination(ids, weights)["quality"])
+    if len(ids) >= 2 and alphas is not None:
+        users = np.arange(len(alphas))
+        if len(users) > MAX_THEOREM1_USERS:
+            users = np.sort(np.random.default_rng(0).choice(users, MAX_THEOREM1_USERS, replace=False))
+        extra.append(id_quality.user_personalization(ids, assignment[users], alphas[users])["quality"])
     out = pd.concat([mean, *extra], ignore_index=True)
     return out.astype({"level": np.int32, "value": np.float64})[["metric", "level", "value"]]
 
