@@ -612,3 +612,21 @@ def test_mirror_is_deterministic(tmp_path):
     with zipfile.ZipFile(tmp_path / "a" / a["ml-1m"]["files"]["archive"]) as z:
         assert "Misérables".encode("latin-1") in z.read("ml-1m/movies.dat")
     assert b"{IMAGE_BASE}" not in gzip.decompress((tmp_path / "a" / a["amazon2018"]["files"]["meta"]).read_bytes())
+
+
+def test_every_dataset_spec_of_the_config_describes_its_release():
+    import yaml
+
+    from pmsid.report.releases import describe_release
+
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    got = {name: describe_release(spec, config) for name, spec in config["dataset_specs"].items()}
+    assert got["ml-100k"] == "MovieLens-100K (the copy inside the PyPI package recbole)"
+    assert got["synthetic"] == "generated Amazon-2018-format catalogue (synthetic.seed 7)"
+    assert got["planted-disjoint"].startswith("generated planted-preference catalogue, design disjoint")
+    assert (
+        got["instruments-2018"] == "Amazon 2018, Musical_Instruments, image-filtered (items with metadata and an image)"
+    )
+    assert got["instruments-2023"].startswith("Amazon 2023 (its official 5-core leave-one-out split)")
+    assert got["ml-1m"] == "MovieLens, ml-1m"
+    assert len(set(got.values())) == len(got)  # no two datasets read as the same data

@@ -65,6 +65,8 @@ def write_metrics(path, ranks: np.ndarray, decoding: dict | None = None) -> dict
     return values
 
 
+RELEASES = {"toy_a": "release A of the toys", "toy_b": "release B of the toys"}
+
 # TIGER's beam search measures; SASRec ranks by scores and has none.
 DECODING = {
     (dataset, "tiger", seed): {
@@ -156,7 +158,9 @@ def report(tmp_path_factory):
 
     out_dir = root / "results" / "report"
     manifest = report_manifest(metrics_paths, per_user_paths, quality_paths, train_paths)
-    written = build_report(manifest, out_dir, exclude_history=True, baseline_model="sasrec", setting="quick")
+    written = build_report(
+        manifest, out_dir, exclude_history=True, baseline_model="sasrec", setting="quick", releases=RELEASES
+    )
     return {
         "out": out_dir,
         "written": written,
@@ -229,8 +233,10 @@ def test_every_table_and_the_readme_name_the_setting(report):
     assert "under-trained" in note
     mds = sorted(report["out"].glob("*.md"))
     assert len(mds) >= 4
+    data = "Data: toy_a = release A of the toys; toy_b = release B of the toys."
     for md in mds:
-        assert md.read_text().startswith(note if md.name != "README.md" else "# Report\n\n" + note), md.name
+        start = f"{note} {data}" if md.name != "README.md" else f"# Report\n\n{note} {data}"
+        assert md.read_text().startswith(start), md.name
     for tex in report["out"].glob("*.tex"):
         assert "Setting: quick" in tex.read_text(), tex.name
     with pytest.raises(ValueError, match="setting must be one of"):

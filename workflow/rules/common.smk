@@ -17,6 +17,7 @@ from pmsid import manifest  # the generic rules' inputs and the report's files
 from pmsid import sources  # package files a module depends on
 from pmsid.data import releases  # the release catalogue: URLs, files, statistics
 from pmsid.methods import registry  # every method: needs, training, ranking
+from pmsid.report import releases as report_releases  # for captions
 
 checks.check_config(config, lambda name: checks.known_user_count(config, name))
 DOWNLOAD_SOURCES = checks.download_sources(config)
@@ -288,6 +289,15 @@ def get_report_manifest(slice="all"):
 
 def get_report_baseline(slice="all"):
     return manifest.report_baseline(config, slice)
+
+
+def get_report_releases(slice="all"):
+    """{dataset: what data it is} for every dataset the slice's report holds, for its captions."""
+    datasets = dict.fromkeys(d for d, _ in manifest.slice_runs(config, slice))
+    return {
+        d: report_releases.describe_release(config["dataset_specs"][d], config)
+        for d in datasets
+    }
 
 
 def get_report_inputs(slice="all"):

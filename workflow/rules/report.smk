@@ -29,5 +29,6 @@ for slice in manifest.SLICES:
             baseline=get_report_baseline(slice),
             image_policy=config["features"]["image"]["missing"],
             setting=config["setting"],
+            releases=get_report_releases(slice),
         script:
             "../scripts/build_report.py"

@@ -15,4 +15,5 @@ build_report(
     baseline_model=snakemake.params.baseline,
     image_policy=snakemake.params.image_policy,
     setting=snakemake.params.setting,
+    releases=dict(snakemake.params.releases),
 )

@@ -33,6 +33,7 @@ def build_report(
     alpha: float = 0.05,
     image_policy: str | None = None,
     setting: str | None = None,
+    releases: dict[str, str] | None = None,
 ) -> list[str]:
     """Write every table and figure of the report into ``out_dir``; returns the written paths.
 
@@ -66,8 +67,9 @@ def build_report(
     has no baseline. The PMAT and MCRL ablations test their rows against
     their control on ``significance_metric``.
 
-    ``setting`` (config ``setting``: quick or thesis) heads every table's
-    caption and the README. ``exclude_history`` states whether the evaluation removed the user's
+    ``setting`` (config ``setting``: quick or thesis) and ``releases``
+    ({dataset: what data it is}, :func:`pmsid.report.releases.describe_release`)
+    head every table's caption and the README. ``exclude_history`` states whether the evaluation removed the user's
     history items from the ranking; it goes into the captions and must agree
     with every metrics file that records it.
     """
@@ -93,6 +95,7 @@ def build_report(
     with_pmat = pmat.requested(*pmat_inputs)
     mcrl_inputs = [mcrl_per_user_paths, mcrl_components_paths, mcrl_id_space_paths, mcrl_tsne_paths]
     with_mcrl = mcrl.requested(mcrl_metrics_paths, *mcrl_inputs)
+    header = tables.caption_header(setting, releases)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written: list[str] = []
@@ -109,24 +112,22 @@ def build_report(
     )
     main = tables.mark_significant(tables.main_table(runs, split="test", metrics=metrics), sig)
     main_caption = tables.main_caption(exclude_history, metrics, split="test", alpha=alpha)
-    written += tables.write_table_formats(main, out / "main_comparison", main_caption, setting)
-    written += tables.write_table_formats(sig, out / "significance", sig_caption, setting)
+    written += tables.write_table_formats(main, out / "main_comparison", main_caption, header)
+    written += tables.write_table_formats(sig, out / "significance", sig_caption, header)
 
     quality = tables.collect_quality(quality_paths)
     id_quality = tables.id_quality_table(quality_paths)
-    written += tables.write_table_formats(id_quality, out / "id_quality", tables.ID_QUALITY_CAPTION, setting)
+    written += tables.write_table_formats(id_quality, out / "id_quality", tables.ID_QUALITY_CAPTION, header)
 
     # Every TIGER-style run of every section: constrained against unconstrained beam search.
     all_runs = tables.collect_runs(select(manifest, "metrics"), exclude_history=exclude_history)
     decoding_caption = decoding.DECODING_CAPTION + " " + tables.protocol_caption(exclude_history, metrics)
-    written += tables.write_table_formats(
-        decoding.decoding_table(all_runs), out / "decoding", decoding_caption, setting
-    )
+    written += tables.write_table_formats(decoding.decoding_table(all_runs), out / "decoding", decoding_caption, header)
 
     # Every trained model of every section: its budget, best epoch and whether it stopped early.
     method_order = list(dict.fromkeys(e["method"] for e in manifest if "method" in e))
     budget = training.budget_table(training.collect_budgets(select(manifest, "train_log")), method_order)
-    written += tables.write_table_formats(budget, out / "training_budget", training.BUDGET_CAPTION, setting)
+    written += tables.write_table_formats(budget, out / "training_budget", training.BUDGET_CAPTION, header)
 
     figure_captions = {
         "metric_comparison.png": (
@@ -149,7 +150,7 @@ def build_report(
     sections = []
     if dataset_stats_paths:
         table = datasets.dataset_table(dataset_stats_paths, dataset_images_paths, image_policy)
-        written += tables.write_table_formats(table, out / "datasets", datasets.DATASETS_CAPTION, setting)
+        written += tables.write_table_formats(table, out / "datasets", datasets.DATASETS_CAPTION, header)
         sections.append(("Datasets", "datasets", datasets.DATASETS_CAPTION))
     sections += [
         ("Main comparison", "main_comparison", main_caption),
@@ -164,7 +165,7 @@ def build_report(
         pmat_written, pmat_sections, pmat_figures = pmat.write_pmat_report(
             pmat_runs, select(manifest, "per_user", "pmat"), *pmat_inputs, out=out, exclude_history=exclude_history,
             rows=tables.SectionRows.from_manifest(manifest, "pmat"),
-            metrics=metrics, significance_metric=significance_metric, alpha=alpha, setting=setting,
+            metrics=metrics, significance_metric=significance_metric, alpha=alpha, header=header,
         )  # fmt: skip
         written += pmat_written
         sections += pmat_sections
@@ -174,7 +175,7 @@ def build_report(
         mcrl_written, mcrl_sections, mcrl_figures = mcrl.write_mcrl_report(
             mcrl_runs, *mcrl_inputs, out=out, exclude_history=exclude_history,
             rows=tables.SectionRows.from_manifest(manifest, "mcrl"),
-            metrics=metrics, significance_metric=significance_metric, alpha=alpha, setting=setting,
+            metrics=metrics, significance_metric=significance_metric, alpha=alpha, header=header,
         )  # fmt: skip
         written += mcrl_written
         sections += mcrl_sections
@@ -186,7 +187,7 @@ def build_report(
         figure_captions=figure_captions,
         exclude_history=exclude_history,
         metrics=metrics,
-        setting=setting,
+        header=header,
     )
     readme_path = out / "README.md"
     readme_path.write_text(readme, encoding="utf-8")
@@ -198,13 +199,13 @@ def build_report(
 
 
 def _readme(
-    sections, out: Path, figure_captions: dict, exclude_history: bool, metrics: list[str], setting: str | None
+    sections, out: Path, figure_captions: dict, exclude_history: bool, metrics: list[str], header: str | None
 ) -> str:
-    """The report's index: setting, protocol, seeds, each table (embedded from its .md file), each figure."""
+    """The report's index: setting and data, protocol, seeds, each table (embedded from its .md file), each figure."""
     lines = [
         "# Report",
         "",
-        *([tables.setting_note(setting), ""] if setting is not None else []),
+        *([header, ""] if header is not None else []),
         tables.protocol_caption(exclude_history, metrics),
         "",
         tables.SEED_NOTE,

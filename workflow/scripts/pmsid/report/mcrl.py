@@ -504,7 +504,7 @@ def write_mcrl_report(
     metrics: list[str] = tables.DEFAULT_METRICS,
     significance_metric: str = "NDCG@10",
     alpha: float = 0.05,
-    setting: str | None = None,
+    header: str | None = None,
 ) -> tuple[list[str], list[tuple[str, str, str]], dict[str, str]]:
     """Write the MCRL tables and figures into ``out``.
 
@@ -547,7 +547,7 @@ def write_mcrl_report(
         ("MCRL cost per training step", "mcrl_cost", cost_caption(rows), cost_table(components, rows)),
     ]
     for _title, stem, caption, table in sections:
-        written += tables.write_table_formats(table, out / stem, caption, setting)
+        written += tables.write_table_formats(table, out / stem, caption, header)
     written.append(plot_loss_curves(components, out / "mcrl_loss_curves.png", rows))
     written.append(plot_tsne(id_space, tsne, out / "mcrl_tsne.png", rows))
     return written, [s[:3] for s in sections], figure_captions(rows)

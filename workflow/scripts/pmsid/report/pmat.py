@@ -470,7 +470,7 @@ def write_pmat_report(
     metrics: list[str] = tables.DEFAULT_METRICS,
     significance_metric: str = "NDCG@10",
     alpha: float = 0.05,
-    setting: str | None = None,
+    header: str | None = None,
 ) -> tuple[list[str], list[tuple[str, str, str]], dict[str, str]]:
     """Write the PMAT tables and figures into ``out``.
 
@@ -501,7 +501,7 @@ def write_pmat_report(
         ("PMAT semantic-ID quality", "pmat_id_quality", PMAT_QUALITY_CAPTION, pmat_quality_table(quality)),
     ]
     for _title, stem, caption, table in sections:
-        written += tables.write_table_formats(table, out / stem, caption, setting)
+        written += tables.write_table_formats(table, out / stem, caption, header)
     written.append(plot_weights(weights, out / "pmat_weights.png"))
     written.append(plot_semantic_consistency(quality, out / "pmat_semantic_consistency.png"))
     return written, [s[:3] for s in sections], dict(FIGURE_CAPTIONS)

@@ -739,12 +739,24 @@ def setting_note(setting: str) -> str:
     return SETTINGS[setting]
 
 
+def releases_note(releases: dict[str, str]) -> str:
+    """The data of every dataset in one sentence: ``Data: ml-100k = MovieLens-100K (...); ...``."""
+    return "Data: " + "; ".join(f"{name} = {what}" for name, what in releases.items()) + "."
+
+
+def caption_header(setting: str | None, releases: dict[str, str] | None = None) -> str | None:
+    """What heads every caption of a report: its setting (:func:`setting_note`) and its datasets'
+    releases (:func:`releases_note`); None when neither is given."""
+    parts = ([setting_note(setting)] if setting is not None else []) + ([releases_note(releases)] if releases else [])
+    return " ".join(parts) or None
+
+
 def write_table_formats(
-    df: pd.DataFrame, stem: str | os.PathLike, caption: str, setting: str | None = None
+    df: pd.DataFrame, stem: str | os.PathLike, caption: str, header: str | None = None
 ) -> list[str]:
     """Write ``{stem}.csv``, ``{stem}.md``, ``{stem}.tex`` and ``{stem}.html``; returns the four paths.
 
-    With a ``setting``, the caption starts with :func:`setting_note`.
+    With a ``header`` (:func:`caption_header`), the caption starts with it.
 
     - CSV: the frame as is, full precision.
     - Markdown: the caption as a paragraph, then ``DataFrame.to_markdown``.
@@ -755,8 +767,8 @@ def write_table_formats(
     - HTML: a standalone page, the caption as the table's ``<caption>``; the
       one ``snakemake --report`` shows (:func:`_html_cell` for the markers).
     """
-    if setting is not None:
-        caption = f"{setting_note(setting)} {caption}"
+    if header is not None:
+        caption = f"{header} {caption}"
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     paths = [f"{stem}.csv", f"{stem}.md", f"{stem}.tex", f"{stem}.html"]
