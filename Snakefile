@@ -22,16 +22,12 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
 
 
-# Light jobs that run on the submitting host, not as cluster jobs.
+# Light jobs that run on the submitting host, not as cluster jobs (the report
+# rules too: `localrule: True` in workflow/rules/report.smk).
 localrules:
     all,
     synthetic_dataset,
     planted_dataset,
-    report,
-    report_main,
-    report_baselines,
-    report_pmat,
-    report_mcrl,
     main,
     baselines,
     pmat,

@@ -191,3 +191,9 @@ def test_slice_reports_live_apart(config):
     }
     with pytest.raises(ValueError, match="unknown slice 'hyper'"):
         manifest.slice_runs(config, "hyper")
+
+
+def test_the_other_history_protocol_is_the_flipped_switch(config):
+    assert manifest.other_history(config) == "history_excluded"
+    flipped = {**config, "protocol": {**config["protocol"], "exclude_history": True}}
+    assert manifest.other_history(flipped) == "history_included"

@@ -517,6 +517,17 @@ def test_readme_embeds_tables_and_links_figures(report):
         assert f"]({name})" in readme, name
 
 
+def test_run_paths_of_the_other_history_protocol_parse():
+    path = "results/evaluate/toy_a/tiger/seed2/history_excluded/metrics.parquet"
+    assert tables.parse_run_path(path, "evaluate", "metrics.parquet") == {
+        "dataset": "toy_a",
+        "model": "tiger",
+        "seed": 2,
+    }
+    with pytest.raises(ValueError, match="cannot read dataset/model/seed"):
+        tables.parse_run_path("results/evaluate/toy_a/tiger/seed2/other/metrics.parquet", "evaluate", "metrics.parquet")
+
+
 def test_collect_runs_names_a_badly_placed_file(tmp_path):
     bad = tmp_path / "somewhere" / "metrics.parquet"
     write_table(pd.DataFrame({"split": ["test"], "metric": ["NDCG@10"], "value": [0.1]}), bad, METRICS)

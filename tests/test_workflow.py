@@ -194,6 +194,53 @@ def test_named_slices_report_their_own_runs(finished_run):
     assert (report / "mcrl" / "training_curves.png").stat().st_size > 0
 
 
+@pytest.mark.slow
+def test_both_history_protocols_give_two_whole_reports(finished_run, tmp_path):
+    """protocol.report_both_histories on the finished run: every trained model is evaluated again with
+    history items excluded, nothing is retrained, and that protocol's whole report is written."""
+    both = tmp_path / "both.yaml"
+    both.write_text("protocol:\n  report_both_histories: true\n")
+    args = ["--configfile", str(DEFAULT), str(TINY), str(both)]
+    dry = run_snakemake(finished_run, "-n", *args)
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    jobs = dry_run_jobs(dry.stdout)
+    # The same models and the main protocol's evaluations: nothing already computed reruns.
+    assert not {j for j in jobs if j.startswith("train_") or (j.startswith("evaluate_") and "other" not in j)}
+    assert {"report_history_excluded", "evaluate_other_history"} <= jobs
+    result = run_snakemake(finished_run, "--cores", "2", *args)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    other = finished_run / "results" / "report" / "history_excluded"
+    for stem in ["main_comparison", "significance", "decoding", "pmat_ablation", "mcrl_ablation"]:
+        caption = (other / f"{stem}.md").read_text().splitlines()[0]
+        assert "items already in the user's history are excluded" in caption, stem
+        assert "selected under exclude_history = false" in caption, stem
+    assert "are not excluded" in (finished_run / "results" / "report" / "main_comparison.md").read_text()
+    main = pd.read_csv(other / "main_comparison.csv")
+    assert len(main) == len(pd.read_csv(finished_run / "results" / "report" / "main_comparison.csv"))
+    # Every ranking of the other protocol leaves out each user's history (all items before the target).
+    interactions = pd.read_parquet(finished_run / "results" / "data" / "synthetic" / "interactions.parquet")
+    for method in ["mostpop", "sasrec", "tiger", "pmat_full", "mcrl_all"]:
+        ranking = pd.read_parquet(
+            finished_run
+            / "results"
+            / "evaluate"
+            / "synthetic"
+            / method
+            / "seed0"
+            / "history_excluded"
+            / "ranking.parquet"
+        )
+        for row in ranking.itertuples():
+            split_position = interactions[
+                (interactions["user_idx"] == row.user_idx) & (interactions["split"] == row.split)
+            ]
+            history = interactions[
+                (interactions["user_idx"] == row.user_idx)
+                & (interactions["position"] < split_position["position"].iloc[0])
+            ]["item_idx"]
+            assert not set(history) & set(row.items), (method, row.user_idx, row.split)
+
+
 THESIS = REPO / "config" / "thesis.yaml"
 
 
@@ -337,3 +384,23 @@ def test_a_deterministic_rerun_gives_identical_ids_rankings_and_metrics(tmp_path
     results = [m[m["metric"] != "beam_seconds_per_user"].reset_index(drop=True) for m in metrics]
     assert len(results[0]) > 10 and results[0][["split", "metric"]].equals(results[1][["split", "metric"]])
     assert np.array_equal(results[0]["value"].to_numpy(), results[1]["value"].to_numpy())  # bit for bit
+
+
+def test_the_other_history_protocol_is_off_by_default_and_twins_every_evaluation(tmp_path):
+    default = run_snakemake(tmp_path, "-n", "--configfile", str(DEFAULT))
+    assert default.returncode == 0, default.stderr[-3000:]
+    assert not {b["rule"] for b in dry_run_blocks(default.stdout)} & {
+        "evaluate_other_history",
+        "report_history_excluded",
+    }
+    both = tmp_path / "both.yaml"
+    both.write_text("protocol:\n  report_both_histories: true\n")
+    result = run_snakemake(tmp_path, "-n", "--configfile", str(DEFAULT), str(both))
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = dry_run_blocks(result.stdout)
+
+    def runs(rule: str) -> set[tuple]:
+        return {tuple(j["wildcards"][k] for k in ("dataset", "method", "seed")) for j in jobs if j["rule"] == rule}
+
+    assert runs("evaluate_other_history") == runs("evaluate") != set()
+    assert sum(j["rule"] == "report_history_excluded" for j in jobs) == 1

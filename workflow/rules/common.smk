@@ -30,6 +30,9 @@ EXTRA_MODALITIES = sorted(  # precomputed-feature modalities of the datasets
 )
 REDUCED_MODALITIES = config["features"]["reduce"]["modalities"]
 NEVER = "(?!x)x"  # a regex that matches nothing (a wildcard with no allowed value)
+# The protocol as the jobs read it: report_both_histories only adds jobs, so
+# switching it on reruns nothing already computed.
+PROTOCOL = {k: v for k, v in config["protocol"].items() if k != "report_both_histories"}
 
 
 wildcard_constraints:
@@ -213,9 +216,11 @@ def get_pseudolabel_inputs(wildcards):
 # ---------------------------------------------------------------- methods and report
 
 
-def get_patterns():
+def get_patterns(history=None):
     """The output path patterns pmsid.manifest builds inputs from (each path
-    is written once, in the rule that makes it)."""
+    is written once, in the rule that makes it); with `history` (the other
+    protocol's folder), the evaluation files are those of that protocol."""
+    evaluate = rules.evaluate_other_history if history else rules.evaluate
     return {
         name: str(pattern)
         for name, pattern in {
@@ -238,9 +243,9 @@ def get_patterns():
             "model": rules.train.output.model,
             "train_log": rules.train.output.log,
             "extras": rules.train.output.extras,
-            "ranking": rules.evaluate.output.ranking,
-            "per_user": rules.evaluate.output.per_user,
-            "metrics": rules.evaluate.output.metrics,
+            "ranking": evaluate.output.ranking,
+            "per_user": evaluate.output.per_user,
+            "metrics": evaluate.output.metrics,
             "mcrl_id_space": rules.mcrl_id_space.output.summary,
             "mcrl_tsne": rules.mcrl_tsne.output.tsne,
         }.items()
@@ -283,8 +288,46 @@ def get_method_params(wildcards):
     return {k: v for k, v in cfg.items() if k not in spec.hyper_skip}
 
 
-def get_report_manifest(slice="all"):
-    return manifest.report_manifest(config, get_patterns(), slice)
+# The reports the workflow writes: one per named slice (pmsid.manifest.SLICES)
+# under the main protocol, and with protocol.report_both_histories the whole
+# report under the other history switch. Each is (slice, history), history
+# None for the main protocol.
+REPORTS = [(slice, None) for slice in manifest.SLICES]
+if config["protocol"]["report_both_histories"]:
+    REPORTS.append(("all", manifest.other_history(config)))
+
+
+def get_report_name(slice, history=None):
+    """The report rule's name: report, report_<slice>, report_<history>."""
+    return (
+        f"report_{history}"
+        if history
+        else ("report" if slice == "all" else f"report_{slice}")
+    )
+
+
+def get_report_dir(slice, history=None):
+    return f"results/report/{history}" if history else manifest.slice_dir(slice)
+
+
+def get_report_manifest(slice="all", history=None):
+    return manifest.report_manifest(config, get_patterns(history), slice)
+
+
+def get_report_exclude_history(history=None):
+    """The protocol of a report's evaluations: the config's, flipped for the other one."""
+    return config["protocol"]["exclude_history"] != bool(history)
+
+
+def get_report_note(history=None):
+    """What the other protocol's report says of its models, in every caption."""
+    if not history:
+        return None
+    main = config["protocol"]["exclude_history"]
+    return (
+        f"The models were trained and selected under exclude_history = {str(main).lower()} "
+        f"(the main report's protocol) and are evaluated here with it flipped."
+    )
 
 
 def get_report_baseline(slice="all"):
@@ -300,18 +343,20 @@ def get_report_releases(slice="all"):
     }
 
 
-def get_report_inputs(slice="all"):
-    return manifest.report_inputs(get_report_manifest(slice))
+def get_report_inputs(slice="all", history=None):
+    return manifest.report_inputs(get_report_manifest(slice, history))
 
 
-def get_report_outputs(slice="all"):
+def get_report_outputs(slice="all", history=None):
     """The report's tables (csv/md/tex/html) and figures (png) of each section
     the slice has, wrapped in report() for `snakemake --report` (a named
-    slice's under its own category)."""
-    directory = manifest.slice_dir(slice)
+    slice's, or the other protocol's, under its own category)."""
+    directory = get_report_dir(slice, history)
     outputs = {}
     for category, tables, figures in manifest.report_sections(config, slice):
-        if slice != "all":
+        if history:
+            category = f"Protocol {history}: {category}"
+        elif slice != "all":
             category = f"Slice {slice}: {category}"
         for stem in tables:
             # The HTML table renders in `snakemake --report`; a CSV would only download.
@@ -342,4 +387,5 @@ def get_final_outputs():
         for s in config["seeds"]
         for path in manifest.pseudolabel_inputs(config, d, s, patterns).values()
     ]
-    return ["results/report/README.md", *labels]
+    others = [f"{get_report_dir(sl, h)}/README.md" for sl, h in REPORTS if h]
+    return ["results/report/README.md", *others, *labels]

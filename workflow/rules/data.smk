@@ -79,7 +79,7 @@ rule prepare_dataset:
         "../../envs/data.yaml"
     params:
         spec=get_prepare_params,
-        protocol=config["protocol"],
+        protocol=PROTOCOL,
     script:
         "../scripts/prepare_dataset.py"
 

@@ -21,7 +21,31 @@ rule evaluate:
     threads: 2
     params:
         evaluation=config["evaluation"],
-        protocol=config["protocol"],
+        protocol=PROTOCOL,
         device=config["features"]["device"],
     script:
         "../scripts/evaluate_method.py"
+
+
+# The same trained models under the other history switch (protocol.
+# report_both_histories): its files beside the main protocol's, in a folder
+# named by the protocol, for that protocol's own report.
+OTHER_HISTORY = manifest.other_history(config)
+
+
+use rule evaluate as evaluate_other_history with:
+    output:
+        ranking=f"results/evaluate/{{dataset}}/{{method}}/seed{{seed}}/{OTHER_HISTORY}/ranking.parquet",
+        per_user=f"results/evaluate/{{dataset}}/{{method}}/seed{{seed}}/{OTHER_HISTORY}/per_user.parquet",
+        metrics=f"results/evaluate/{{dataset}}/{{method}}/seed{{seed}}/{OTHER_HISTORY}/metrics.parquet",
+    log:
+        f"logs/evaluate/{{dataset}}_{{method}}_seed{{seed}}_{OTHER_HISTORY}.log",
+    benchmark:
+        f"benchmarks/evaluate/{{dataset}}_{{method}}_seed{{seed}}_{OTHER_HISTORY}.tsv"
+    params:
+        evaluation=config["evaluation"],
+        protocol={
+            **PROTOCOL,
+            "exclude_history": not PROTOCOL["exclude_history"],
+        },
+        device=config["features"]["device"],

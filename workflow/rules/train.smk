@@ -25,7 +25,7 @@ rule train:
         runtime="4h",
     params:
         cfg=get_method_params,
-        protocol=config["protocol"],
+        protocol=PROTOCOL,
         evaluation=config["evaluation"],
         modalities=get_modalities,
         checkpoint="results/checkpoints/{dataset}/{method}/seed{seed}/last.pt",

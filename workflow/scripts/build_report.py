@@ -16,4 +16,5 @@ build_report(
     image_policy=snakemake.params.image_policy,
     setting=snakemake.params.setting,
     releases=dict(snakemake.params.releases),
+    note=snakemake.params.note,
 )

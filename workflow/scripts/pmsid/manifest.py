@@ -75,6 +75,13 @@ def slice_runs(config: dict, slice: str = "all") -> list[tuple[str, str]]:
     return out
 
 
+def other_history(config: dict) -> str:
+    """The folder of the second protocol (``protocol.report_both_histories``):
+    ``history_excluded`` when the main protocol keeps history items in the
+    ranking, ``history_included`` when it excludes them."""
+    return "history_included" if config["protocol"]["exclude_history"] else "history_excluded"
+
+
 def slice_dir(slice: str) -> str:
     """Where a slice's report goes: ``results/report`` for ``all``, else a subfolder."""
     return "results/report" if slice == "all" else f"results/report/{slice}"

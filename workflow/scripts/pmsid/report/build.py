@@ -34,6 +34,7 @@ def build_report(
     image_policy: str | None = None,
     setting: str | None = None,
     releases: dict[str, str] | None = None,
+    note: str | None = None,
 ) -> list[str]:
     """Write every table and figure of the report into ``out_dir``; returns the written paths.
 
@@ -69,7 +70,8 @@ def build_report(
 
     ``setting`` (config ``setting``: quick or thesis) and ``releases``
     ({dataset: what data it is}, :func:`pmsid.report.releases.describe_release`)
-    head every table's caption and the README. ``exclude_history`` states whether the evaluation removed the user's
+    head every table's caption and the README, then ``note`` (for example how
+    the models of a second protocol's report were selected). ``exclude_history`` states whether the evaluation removed the user's
     history items from the ranking; it goes into the captions and must agree
     with every metrics file that records it.
     """
@@ -95,7 +97,7 @@ def build_report(
     with_pmat = pmat.requested(*pmat_inputs)
     mcrl_inputs = [mcrl_per_user_paths, mcrl_components_paths, mcrl_id_space_paths, mcrl_tsne_paths]
     with_mcrl = mcrl.requested(mcrl_metrics_paths, *mcrl_inputs)
-    header = tables.caption_header(setting, releases)
+    header = " ".join(part for part in (tables.caption_header(setting, releases), note) if part) or None
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written: list[str] = []

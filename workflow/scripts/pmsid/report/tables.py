@@ -44,7 +44,12 @@ DECIMALS = 4
 
 PM = "±"
 
-_RUN_PATH = r"(?:^|/)results/{stage}/(?P<dataset>[^/]+)/(?P<model>[^/]+)/seed(?P<seed>\d+)/{filename}$"
+# The evaluation of the other history switch sits in a folder named by it
+# (protocol.report_both_histories): results/evaluate/.../seed0/history_excluded/.
+_RUN_PATH = (
+    r"(?:^|/)results/{stage}/(?P<dataset>[^/]+)/(?P<model>[^/]+)/seed(?P<seed>\d+)/"
+    r"(?:history_(?:excluded|included)/)?{filename}$"
+)
 _TOKENIZER_PATH = re.compile(
     r"(?:^|/)results/tokenize/(?P<dataset>[^/]+)/(?P<tokenizer>[^/]+)/seed(?P<seed>\d+)/quality\.parquet$"
 )
