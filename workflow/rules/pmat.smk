@@ -56,7 +56,7 @@ rule pmat_ids:
     benchmark:
         "benchmarks/pmat_ids/{dataset}_{variant}_seed{seed}.tsv"
     conda:
-        "../../envs/tokenize.yaml"
+        "../../envs/train.yaml"  # the preference network (torch) projects the features
     threads: 2
     resources:
         mem="8GB",
