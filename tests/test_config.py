@@ -38,7 +38,12 @@ def test_omitted_optional_keys_take_documented_defaults():
         "dataset_specs": {"a": {"reader": "ml100k", "text_fields": ["title"], "modalities": ["text"]}},
     }
     validate(cfg, str(SCHEMA))
-    assert cfg["protocol"] == {"min_interactions": 5, "history_cap": 20, "exclude_history": False}
+    assert cfg["protocol"] == {
+        "min_interactions": 5,
+        "history_cap": 20,
+        "exclude_history": False,
+        "report_both_histories": False,
+    }
     assert cfg["tokenizer"]["levels"] == 3 and cfg["tokenizer"]["codes"] == 32
     assert cfg["evaluation"]["ks"] == [1, 5, 10, 20]
     assert cfg["features"]["image"]["missing"] == "mean"
