@@ -1,7 +1,8 @@
 # Two commands on a fresh machine (README "Quick start"):
 #   make run    install into .venv/, run the quick setting (config/config.yaml)
-#   make test   install into .venv/, lint, run the test suite
-# Named slices of the same config: make main | baselines | pmat | mcrl
+#   make test   install into .venv/, lint, run the test suite (installs Debian's
+#               chromium, slurm-wlm and munge for the browser and SLURM tests when root)
+# Named slices of the same config: make main | baselines | pmat | mcrl | hdnag
 # (results/report/<slice>/); make run-3seeds (three seeds); make thesis (the
 # whole matrix in the thesis setting, config/thesis.yaml, five seeds).
 # Every target installs idempotently: a second call reuses .venv/.
@@ -12,7 +13,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CORES ?= all
 
-.PHONY: install run run-3seeds thesis main baselines pmat mcrl slices-dry-run bench-mcrl bench-extract dry-run lint browser test clean
+.PHONY: install run run-3seeds thesis main baselines pmat mcrl hdnag slices-dry-run bench-mcrl bench-hdnag bench-extract dry-run lint browser slurm test clean
 
 install: $(STAMP)
 
@@ -45,7 +46,7 @@ thesis: $(STAMP)
 	@echo "Report: $(CURDIR)/results/report/README.md (setting: thesis, mean ± std over seeds 0-4)"
 
 # One named slice of config/config.yaml: its runs and its report in results/report/<slice>/.
-main baselines pmat mcrl: $(STAMP)
+main baselines pmat mcrl hdnag: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES) --rerun-incomplete $@
 	@echo
 	@echo "Report: $(CURDIR)/results/report/$@/README.md"
@@ -53,7 +54,7 @@ main baselines pmat mcrl: $(STAMP)
 # What every named slice would run, in the quick and the thesis setting.
 slices-dry-run: $(STAMP)
 	for config in config/config.yaml "config/config.yaml config/thesis.yaml"; do \
-	  for target in all main baselines pmat mcrl; do \
+	  for target in all main baselines pmat mcrl hdnag; do \
 	    $(BIN)/snakemake $$target -n --quiet rules --configfile $$config || exit 1; \
 	  done; \
 	done
@@ -62,6 +63,11 @@ slices-dry-run: $(STAMP)
 bench-mcrl: $(STAMP)
 	PYTHONPATH=workflow/scripts $(BIN)/python bench/mcrl_step.py --dataset ml-100k
 	PYTHONPATH=workflow/scripts $(BIN)/python bench/mcrl_step.py --dataset synthetic
+
+# Retrieval ms per user on simulated catalogues of 10k, 100k and 1M items:
+# AR beam search, HDNAG two-stage, dense scoring, with growth exponents (about 5 min).
+bench-hdnag: $(STAMP)
+	PYTHONPATH=workflow/scripts $(BIN)/python bench/hdnag_scale.py
 
 # Items per second of each default encoder: its raw encode call vs the pipeline's extraction (about 8 min),
 # then image decode throughput with features.image.decode_workers threads vs none (about 1 min).
@@ -87,7 +93,16 @@ browser:
 	    { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }; }; } || \
 	  echo "chromium not installed: the HTML report's browser test will be skipped"
 
-test: lint browser
+# Debian's SLURM and MUNGE, for the test that runs the workflow on a one-node
+# SLURM cluster it starts itself (tests/test_slurm.py); without root or
+# apt-get that test is skipped, saying why.
+slurm:
+	@{ command -v slurmctld && command -v munged; } >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  { apt-get install -y -q slurm-wlm munge >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null && apt-get install -y -q slurm-wlm munge >/dev/null; }; }; } || \
+	  echo "slurm-wlm not installed: the SLURM test will be skipped"
+
+test: lint browser slurm
 	$(BIN)/python -m pytest -ra
 
 clean:

@@ -18,6 +18,7 @@ include: "workflow/rules/tokenize.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/pmat.smk"
 include: "workflow/rules/mcrl.smk"
+include: "workflow/rules/hdnag.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
 
@@ -32,6 +33,7 @@ localrules:
     baselines,
     pmat,
     mcrl,
+    hdnag,
 
 
 rule all:
@@ -60,3 +62,8 @@ rule pmat:
 rule mcrl:
     input:
         rules.report_mcrl.output.index,
+
+
+rule hdnag:
+    input:
+        rules.report_hdnag.output.index,

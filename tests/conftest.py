@@ -65,6 +65,31 @@ def evaluate_sasrec(model_path, seqs, ks, exclude_history, device="cpu"):
     return per_user, metrics
 
 
+def write_contract_dataset(root: Path, seqs: list, n_items: int) -> dict:
+    """Users' item sequences ``seqs`` as items.parquet and interactions.parquet (the last item of each
+    sequence is the test target, the one before the valid target); returns the two paths."""
+    import numpy as np
+    import pandas as pd
+
+    from pmsid.data import contracts
+
+    items = pd.DataFrame({"item_idx": np.arange(n_items, dtype=np.int32), "item_id": [f"i{i}" for i in range(n_items)]})
+    for name in {f.name for f in contracts.ITEMS} - set(items.columns):
+        items[name] = "x"
+    rows = []
+    for user, seq in enumerate(seqs):
+        for pos, item in enumerate(seq):
+            split = "test" if pos == len(seq) - 1 else "valid" if pos == len(seq) - 2 else "train"
+            rows.append({"user_idx": user, "item_idx": item, "timestamp": pos, "position": pos, "split": split})
+    inter = pd.DataFrame(rows).astype(
+        {"user_idx": "int32", "item_idx": "int32", "timestamp": "int64", "position": "int32"}
+    )
+    paths = {"catalogue": str(Path(root) / "items.parquet"), "interactions": str(Path(root) / "interactions.parquet")}
+    contracts.write_table(items, paths["catalogue"], contracts.ITEMS)
+    contracts.write_table(inter, paths["interactions"], contracts.INTERACTIONS)
+    return paths
+
+
 def dry_run_jobs(output: str) -> set[str]:
     """Jobs of a dry run's output: the rule name, or ``{rule}_{method}`` for
     the generic train / evaluate rules (e.g. ``train_tiger``, ``evaluate_mcrl_all``)."""

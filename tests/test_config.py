@@ -16,7 +16,7 @@ SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 
 
 # An override that runs no method on the datasets it names (their DAG stops at the baselines).
-NO_METHODS = {"pmat": {"datasets": []}, "mcrl": {"datasets": []}}
+NO_METHODS = {"pmat": {"datasets": []}, "mcrl": {"datasets": []}, "hdnag": {"datasets": []}}
 
 
 def default_config() -> dict:

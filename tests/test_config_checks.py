@@ -41,6 +41,7 @@ def only(cfg: dict, *names: str) -> dict:
     cfg["datasets"] = list(names)
     cfg["pmat"]["datasets"] = []
     cfg["mcrl"]["datasets"] = []
+    cfg["hdnag"]["datasets"] = []
     return cfg
 
 

@@ -40,6 +40,7 @@ HYPER = {
     "tiger": {**TINY, "n_encoder_layers": 1, "n_decoder_layers": 1},
     "sasrec": {**TINY, "n_layers": 1},
     "mcrl": {"epochs": 1, "warmup_steps": 2, "d_out": 8},
+    "hdnag": {**TINY, "n_encoder_layers": 1, "n_decoder_layers": 1},
 }
 
 
@@ -80,6 +81,11 @@ def write_inputs(root, seqs: list[list[int]]) -> dict:
 
     codes = grid_codes()
     contracts.write_semantic_ids(patterns["rqkmeans_ids"], np.arange(N_ITEMS), codes)
+    # HDNAG's hierarchical IDs: 3 coarse clusters of 2 fine clusters of 2 items each.
+    items_ = np.arange(N_ITEMS)
+    hierarchical = np.stack([items_ // 4, items_ // 2, items_ % 2], axis=1)
+    meta = {"tokenizer": "hkmeans", "parent": [0, 0, 1, 1, 2, 2]}
+    contracts.write_semantic_ids(patterns["hkmeans_ids"], items_, hierarchical, meta)
     # PMAT's tables: one global table (P = 1); two tables for the learned and for the planted
     # weights, users split between them; every training prefix in a table of its own.
     two = np.stack([codes, codes[np.random.default_rng(1).permutation(N_ITEMS)]])
@@ -124,9 +130,9 @@ def protocol(config: dict, exclude_history: bool) -> dict:
 
 
 def workflow_config() -> dict:
-    """The default config with the test dataset ``d`` in PMAT's and MCRL's runs (MCRL then builds on PMAT)."""
+    """The default config with the test dataset ``d`` in PMAT's, MCRL's and HDNAG's runs (MCRL then builds on PMAT)."""
     config = copy.deepcopy(default_config())
-    config["pmat"]["datasets"] = config["mcrl"]["datasets"] = ["d"]
+    config["pmat"]["datasets"] = config["mcrl"]["datasets"] = config["hdnag"]["datasets"] = ["d"]
     config["dataset_specs"] = {"d": {"modalities": MODALITIES}}
     return config
 

@@ -1,12 +1,15 @@
-"""The shared training loop's per-epoch sample cap (max_samples_per_epoch)."""
+"""The shared training loop: the per-epoch sample cap (max_samples_per_epoch), resuming mid-epoch."""
 
 from __future__ import annotations
+
+import signal
 
 import pytest
 import torch
 from torch import nn
 
 from pmsid.train.loop import LoopConfig, train_loop
+from pmsid.train.preemption import Preempted, StopSignals
 
 
 def _run(tmp_path, cap, epochs=3, n=100, batch=8):
@@ -46,3 +49,34 @@ def test_no_cap_or_a_cap_above_the_rows_is_every_row(tmp_path):
 def test_the_cap_is_checked():
     with pytest.raises(ValueError, match="max_samples_per_epoch must be null or >= 1"):
         LoopConfig.from_cfg({"max_samples_per_epoch": 0})
+
+
+def test_a_run_stopped_mid_epoch_trains_on_the_rows_it_had_not_seen_when_resumed(tmp_path):
+    """SIGTERM at step 5 of 13 per epoch: the checkpoint holds the position, and the
+    resumed run sees exactly the rows the uninterrupted run sees from step 6 on."""
+    whole, whole_result = _run(tmp_path / "whole", cap=None, epochs=2)
+    seen = []
+
+    def loss_fn(m, batch_rows):
+        (x,) = batch_rows
+        seen.append(x[:, 0].long().tolist())
+        if len(seen) == 5:
+            assert isinstance(getattr(signal.getsignal(signal.SIGTERM), "__self__", None), StopSignals)
+            signal.raise_signal(signal.SIGTERM)
+        return (m(x) ** 2).mean()
+
+    def run():
+        torch.manual_seed(0)
+        model = nn.Linear(1, 1)
+        data = (torch.arange(100, dtype=torch.float32)[:, None],)
+        cfg = LoopConfig(batch_size=8, max_epochs=2, patience=2, warmup_steps=0, progress=False)
+        return train_loop(model, loss_fn, data, lambda m: 0.0, cfg, tmp_path / "stopped.pt", "h", seed=1, name="t")
+
+    with pytest.raises(Preempted):
+        run()
+    state = torch.load(tmp_path / "stopped.pt", weights_only=False)["state"]
+    assert state["step"] == 5 and state["epoch"] == 0
+    assert (state["in_epoch"]["epoch"], state["in_epoch"]["batches"], state["in_epoch"]["count"]) == (1, 5, 40)
+    result = run()
+    assert seen == whole  # steps 1-5 before the stop, 6-26 after it
+    assert result.log.equals(whole_result.log)

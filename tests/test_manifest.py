@@ -21,6 +21,10 @@ PATTERNS = {
     "features": "results/features/{dataset}/{modality}.parquet",
     "rqkmeans_ids": "results/tokenize/{dataset}/rqkmeans/seed{seed}/ids.parquet",
     "rqkmeans_quality": "results/tokenize/{dataset}/rqkmeans/seed{seed}/quality.parquet",
+    "hkmeans_ids": "results/tokenize/{dataset}/hkmeans/seed{seed}/ids.parquet",
+    "hkmeans_quality": "results/tokenize/{dataset}/hkmeans/seed{seed}/quality.parquet",
+    "efficiency": "results/efficiency/{dataset}/seed{seed}/efficiency.parquet",
+    "efficiency_sweep": "results/efficiency/{dataset}/seed{seed}/sweep.parquet",
     "pseudolabels": "results/pseudolabels/{dataset}/seed{seed}/{modality}.parquet",
     "pmat_ids": "results/tokenize/{dataset}/pmat_{variant}/seed{seed}/ids.parquet",
     "pmat_assignment": "results/tokenize/{dataset}/pmat_{variant}/seed{seed}/assignment.parquet",
@@ -87,8 +91,12 @@ def test_a_seeds_jobs_read_that_seeds_tokenizer_and_pseudolabels(config):
     assert mcrl["features_text"] == "results/features/synthetic/text.parquet"
     config["seeds"] = [0, 3]
     quality = [e for e in manifest.report_manifest(config, PATTERNS) if e["kind"] == "quality"]
-    assert [(e["dataset"], e["seed"]) for e in quality] == [(d, s) for d in config["datasets"] for s in (0, 3)]
-    assert quality[1]["path"] == f"results/tokenize/{config['datasets'][0]}/rqkmeans/seed3/quality.parquet"
+    rq = [e for e in quality if "/rqkmeans/" in e["path"]]
+    assert [(e["dataset"], e["seed"]) for e in rq] == [(d, s) for d in config["datasets"] for s in (0, 3)]
+    assert rq[1]["path"] == f"results/tokenize/{config['datasets'][0]}/rqkmeans/seed3/quality.parquet"
+    # HDNAG's hierarchical tokenizer, one per seed too, where HDNAG runs.
+    hk = [(e["dataset"], e["seed"]) for e in quality if "/hkmeans/" in e["path"]]
+    assert hk == [(d, s) for d in config["hdnag"]["datasets"] for s in (0, 3)]
 
 
 def test_a_missing_pattern_is_named(config):
@@ -117,13 +125,17 @@ def test_the_manifest_lists_every_run_with_its_metadata(config):
 
 
 def test_sections_follow_the_runs(config):
-    assert [s[0] for s in manifest.report_sections(config)] == ["Tables", "Figures", "PMAT", "MCRL"]
-    config["pmat"]["datasets"], config["mcrl"]["datasets"] = [], []
+    assert [s[0] for s in manifest.report_sections(config)] == ["Tables", "Figures", "PMAT", "MCRL", "HDNAG"]
+    config["pmat"]["datasets"], config["mcrl"]["datasets"], config["hdnag"]["datasets"] = [], [], []
     assert [s[0] for s in manifest.report_sections(config)] == ["Tables", "Figures"]
 
 
 def test_the_tiger_baseline_joins_the_pmat_table_only_where_pmat_runs(config):
     config["pmat"]["datasets"] = ["synthetic"]
+    entries = manifest.report_manifest(config, PATTERNS)
+    tiger = {e["dataset"]: e["sections"] for e in entries if e.get("method") == "tiger" and e["kind"] == "metrics"}
+    assert tiger == {"synthetic": ["main", "pmat", "hdnag"], "ml-100k": ["main", "hdnag"]}
+    config["hdnag"]["datasets"] = []
     entries = manifest.report_manifest(config, PATTERNS)
     tiger = {e["dataset"]: e["sections"] for e in entries if e.get("method") == "tiger" and e["kind"] == "metrics"}
     assert tiger == {"synthetic": ["main", "pmat"], "ml-100k": ["main"]}
@@ -161,9 +173,10 @@ def test_each_slice_reports_its_own_runs_and_the_floors(config):
     pmat = {"pmat_global", "pmat_static", "pmat_static_token", "pmat_full"}
     expected = {
         "baselines": floors | {"sasrec", "tiger"},
-        "main": floors | {"sasrec", "tiger"} | pmat,
+        "main": floors | {"sasrec", "tiger", "hdnag"} | pmat,
         "pmat": floors | {"tiger", "pmat_oracle"} | pmat,
         "mcrl": floors | mcrl,
+        "hdnag": floors | {"tiger", "hdnag"},
     }
     for name, methods in expected.items():
         assert _methods_of(manifest.report_manifest(config, PATTERNS, name)) == methods, name
@@ -178,6 +191,7 @@ def test_a_slice_has_only_its_own_report_sections(config):
     assert categories("main") == categories("baselines") == ["Tables", "Figures"]
     assert categories("pmat") == ["Tables", "Figures", "PMAT"]
     assert categories("mcrl") == ["Tables", "Figures", "MCRL"]
+    assert categories("hdnag") == ["Tables", "Figures", "HDNAG"]
     entries = manifest.report_manifest(config, PATTERNS, "main")
     assert not {e["kind"] for e in entries} & {"pmat_weights", "id_space", "tsne", "components"}
     assert all(set(e.get("sections", ["main"])) <= {"main"} for e in entries)
@@ -187,7 +201,7 @@ def test_a_slice_has_only_its_own_report_sections(config):
 def test_slice_reports_live_apart(config):
     assert manifest.slice_dir("all") == "results/report"
     assert {manifest.slice_dir(s) for s in manifest.SLICES if s != "all"} == {
-        f"results/report/{s}" for s in ("main", "baselines", "pmat", "mcrl")
+        f"results/report/{s}" for s in ("main", "baselines", "pmat", "mcrl", "hdnag")
     }
     with pytest.raises(ValueError, match="unknown slice 'hyper'"):
         manifest.slice_runs(config, "hyper")

@@ -23,7 +23,7 @@ from pmsid.evaluate.ranking import Ranking, evaluate_rankings, list_length, top_
 from pmsid.methods import mostpop, random_ranking, registry
 from pmsid.methods.run import evaluate_method, train_method
 
-from conftest import REPO
+from conftest import REPO, write_contract_dataset
 
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 
@@ -54,28 +54,30 @@ def test_every_registered_method_has_a_module_with_train_and_rank():
 
 
 def test_runs_of_the_default_config():
-    """The quick setting: every method on ml-100k and synthetic, MCRL's ablations on synthetic."""
+    """The quick setting: every method on ml-100k and synthetic, MCRL's ablations on synthetic,
+    HDNAG without its ablations."""
     runs = registry.runs(default_config())
     pmat = ("pmat_global", "pmat_static", "pmat_static_token", "pmat_full")
     for method in ("mostpop", "random", "sasrec", "tiger", *pmat):
         assert {("ml-100k", method), ("synthetic", method)} <= set(runs), method
     # 2 datasets x (4 floors and baselines + 4 PMAT); the oracle on the one with
-    # planted preferences; MCRL's 8 ablations on synthetic.
-    assert len(runs) == 2 * (4 + 4) + 1 + 8
+    # planted preferences; MCRL's 8 ablations on synthetic; HDNAG on both.
+    assert len(runs) == 2 * (4 + 4) + 1 + 8 + 2
     assert {d for d, m in runs if m == "pmat_oracle"} == {"synthetic"}
     assert {d for d, m in runs if m.startswith("mcrl_")} == {"synthetic"}
+    assert {m for _, m in runs if m.startswith("hdnag")} == {"hdnag"}
 
 
 def test_runs_of_the_thesis_config():
-    """The thesis setting adds planted-disjoint and MCRL on ml-100k."""
+    """The thesis setting adds planted-disjoint, MCRL on ml-100k and HDNAG's ablations."""
 
     def merge(base: dict, over: dict) -> dict:  # as Snakemake merges --configfile files
         return {**base, **{k: merge(base[k], v) if isinstance(v, dict) else v for k, v in over.items()}}
 
     runs = registry.runs(merge(default_config(), yaml.safe_load((REPO / "config" / "thesis.yaml").read_text())))
     # 3 datasets x (4 floors and baselines + 4 PMAT); the oracle on the 2 with planted
-    # preferences; MCRL's 8 ablations on 2.
-    assert len(runs) == 3 * (4 + 4) + 2 + 2 * 8
+    # preferences; MCRL's 8 ablations on 2; HDNAG and its 2 ablations on 3.
+    assert len(runs) == 3 * (4 + 4) + 2 + 2 * 8 + 3 * 3
     assert {d for d, m in runs if m == "pmat_oracle"} == {"synthetic", "planted-disjoint"}
 
 
@@ -127,7 +129,7 @@ def test_an_unknown_need_fails_naming_the_method(monkeypatch):
 
 
 def test_unknown_method_lookup_lists_the_registered_ones():
-    with pytest.raises(ValueError, match=r"unknown method 'nope'; registered methods: \['mcrl_all'"):
+    with pytest.raises(ValueError, match=r"unknown method 'nope'; registered methods: \['hdnag', 'hdnag_no_align'"):
         registry.get("nope")
 
 
@@ -278,22 +280,7 @@ def test_a_floor_refuses_a_model_of_another_dataset(tmp_path):
 
 def write_dataset(root) -> dict:
     """A three-user dataset in the contract format."""
-    items = pd.DataFrame({"item_idx": np.arange(6, dtype=np.int32), "item_id": [f"i{i}" for i in range(6)]})
-    rows = []
-    for user, seq in enumerate([[0, 1, 2, 3, 4], [1, 2, 3, 5], [2, 0, 1, 3]]):
-        for pos, item in enumerate(seq):
-            split = "test" if pos == len(seq) - 1 else "valid" if pos == len(seq) - 2 else "train"
-            rows.append({"user_idx": user, "item_idx": item, "timestamp": pos, "position": pos, "split": split})
-    schema_items = {f.name for f in contracts.ITEMS}
-    for name in schema_items - set(items.columns):
-        items[name] = "x"
-    inter = pd.DataFrame(rows).astype(
-        {"user_idx": "int32", "item_idx": "int32", "timestamp": "int64", "position": "int32"}
-    )
-    paths = {"catalogue": str(root / "items.parquet"), "interactions": str(root / "interactions.parquet")}
-    contracts.write_table(items, paths["catalogue"], contracts.ITEMS)
-    contracts.write_table(inter, paths["interactions"], contracts.INTERACTIONS)
-    return paths
+    return write_contract_dataset(root, [[0, 1, 2, 3, 4], [1, 2, 3, 5], [2, 0, 1, 3]], n_items=6)
 
 
 def test_mostpop_through_the_generic_train_and_evaluate_stages(tmp_path):

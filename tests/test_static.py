@@ -69,5 +69,7 @@ def test_slurm_profile_builds_the_dag_with_gpu_resources(tmp_path):
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    train_block = result.stdout.split("rule train:")[1].split("rule ")[0]
+    # A neural method's training (the floors train no network and ask for no GPU).
+    blocks = [b.split("rule ")[0] for b in result.stdout.split("rule train:")[1:]]
+    train_block = next(b for b in blocks if "method=tiger," in b)
     assert "gpu=1" in train_block and "slurm_partition=gpu" in train_block

@@ -63,11 +63,13 @@ def test_report_holds_every_method_for_both_datasets(finished_run):
         assert (report / name).stat().st_size > 0, name
     main = pd.read_csv(report / "main_comparison.csv")
     pairs = set(zip(main["dataset"], main["model"]))
-    models = ["mostpop", "random", "tiger", "sasrec", "pmat_global", "pmat_static", "pmat_static_token", "pmat_full"]
+    models = [
+        "mostpop", "random", "tiger", "sasrec", "pmat_global", "pmat_static", "pmat_static_token", "pmat_full", "hdnag",
+    ]  # fmt: skip
     assert pairs == {(d, m) for d in ["ml-100k-tiny", "synthetic"] for m in models}
     # Every evaluation writes its ranking, and its metrics follow from it.
     for d in ["ml-100k-tiny", "synthetic"]:
-        for m in [*models, "mcrl_none", "mcrl_all"]:
+        for m in [*models, "mcrl_none", "mcrl_all", "hdnag_single"]:
             run = finished_run / "results" / "evaluate" / d / m / "seed0"
             ranking = pd.read_parquet(run / "ranking.parquet")
             assert ranking["items"].map(len).eq(20).all(), (d, m)
@@ -96,6 +98,20 @@ def test_report_holds_every_method_for_both_datasets(finished_run):
     pmat = set(zip(*pd.read_csv(report / "pmat_ablation.csv")[["dataset", "model"]].T.to_numpy()))
     assert {("synthetic", "tiger"), ("synthetic", "pmat_oracle"), ("ml-100k-tiny", "tiger")} <= pmat
     assert ("ml-100k-tiny", "pmat_oracle") not in pmat
+    # HDNAG's tables: its models against beam search, their cost side by side, the sweep and its curve.
+    hdnag = pd.read_csv(report / "hdnag_ablation.csv")
+    assert set(zip(hdnag["dataset"], hdnag["model"])) == {
+        (d, m) for d in ["ml-100k-tiny", "synthetic"] for m in ["tiger", "hdnag", "hdnag_single"]
+    }
+    cost = pd.read_csv(report / "hdnag_efficiency.csv")
+    methods = {"tiger", "hdnag", "hdnag_exhaustive", "hdnag_single", "sasrec_dense"}
+    assert set(zip(cost["dataset"], cost["method"])) == {(d, m) for d in ["ml-100k-tiny", "synthetic"] for m in methods}
+    passes = cost.set_index(["dataset", "method"])["decoder_passes_per_batch"]
+    assert passes[("synthetic", "hdnag")] == "2" and passes[("synthetic", "hdnag_single")] == "1"
+    assert passes[("synthetic", "tiger")] == "3"  # two RQ-KMeans levels and the dedup token
+    sweep = pd.read_csv(report / "hdnag_sweep.csv")
+    assert set(sweep["knob"]) == {"coarse_candidates", "candidate_budget"}
+    assert (report / "hdnag_accuracy_latency.png").stat().st_size > 0
 
 
 @pytest.mark.slow
@@ -126,7 +142,19 @@ def test_changed_parameter_reruns_only_downstream(finished_run, tmp_path):
 @pytest.mark.slow
 def test_changed_hyperparameter_of_one_method_reruns_that_method_and_the_report(finished_run, tmp_path):
     jobs = jobs_after_override(finished_run, tmp_path, "sasrec:\n  lr: 0.002\n")
-    assert jobs == {"train_sasrec", "evaluate_sasrec", "report", "all"}
+    # hdnag_efficiency times SASRec's dense scoring beside the generators.
+    assert jobs == {"train_sasrec", "evaluate_sasrec", "hdnag_efficiency", "report", "all"}
+
+
+@pytest.mark.slow
+def test_hdnag_keys_rerun_what_reads_them(finished_run, tmp_path):
+    # The cost measurement's settings time again and nothing retrains.
+    jobs = jobs_after_override(finished_run, tmp_path, "hdnag:\n  efficiency:\n    batch1_users: 7\n")
+    assert jobs == {"hdnag_efficiency", "report", "all"}
+    # The coarse codebook: new IDs, so HDNAG's models, nothing else.
+    jobs = jobs_after_override(finished_run, tmp_path, "hdnag:\n  coarse_size: 3\n")
+    assert {"hkmeans_ids", "train_hdnag", "train_hdnag_single", "hdnag_efficiency", "report"} <= jobs
+    assert not jobs & {"rqkmeans_ids", "train_tiger", "train_sasrec", "evaluate_tiger"}
 
 
 @pytest.mark.slow
@@ -156,7 +184,7 @@ def test_html_report_renders_every_table_and_figure(finished_run):
         pytest.skip("no Chromium to open the report in (make test installs Debian's chromium when run as root)")
     # Every table (as HTML) and figure of the report, opened in headless Chromium.
     rendered = report_browser.render_report(finished_run / "report.html")
-    assert all(word in rendered["nav"] for word in ["Results", "Tables", "Figures", "PMAT", "MCRL"])
+    assert all(word in rendered["nav"] for word in ["Results", "Tables", "Figures", "PMAT", "MCRL", "HDNAG"])
     report = finished_run / "results" / "report"
     shown = {path: entry for path, entry in rendered["results"].items() if Path(path).parent == Path("results/report")}
     expected = {f"results/report/{p.name}" for p in [*report.glob("*.html"), *report.glob("*.png")]}
@@ -175,7 +203,7 @@ def test_html_report_renders_every_table_and_figure(finished_run):
 def test_named_slices_report_their_own_runs(finished_run):
     """Each slice target on the finished run: only its report job runs (every
     input is there), and its main table holds the slice's models."""
-    slices = ["main", "baselines", "pmat", "mcrl"]
+    slices = ["main", "baselines", "pmat", "mcrl", "hdnag"]
     # Targets before --configfile, which takes every file name that follows it.
     dry = run_snakemake(finished_run, *slices, "-n", "--configfile", str(DEFAULT), str(TINY))
     assert dry.returncode == 0, dry.stdout[-3000:] + dry.stderr[-3000:]
@@ -187,6 +215,8 @@ def test_named_slices_report_their_own_runs(finished_run):
     models = {s: set(pd.read_csv(report / s / "main_comparison.csv")["model"]) for s in slices}
     assert models["baselines"] == floors | {"sasrec", "tiger"}
     assert models["mcrl"] == floors
+    assert models["hdnag"] == floors | {"tiger", "hdnag"}  # hdnag is a main-table row too
+    assert set(pd.read_csv(report / "hdnag" / "hdnag_ablation.csv")["model"]) == {"tiger", "hdnag", "hdnag_single"}
     assert {"pmat_global", "pmat_full", "tiger"} <= models["pmat"] and "sasrec" not in models["pmat"]
     assert models["main"] == set(pd.read_csv(report / "main_comparison.csv")["model"])
     assert (report / "pmat" / "pmat_ablation.csv").exists() and not (report / "main" / "pmat_ablation.csv").exists()

@@ -188,6 +188,12 @@ def get_tokenizer_params(wildcards):
     return {**config["tokenizer"], "seed": int(wildcards.seed)}
 
 
+def get_hkmeans_params(wildcards):
+    """HDNAG's tokenizer keys (config hdnag) with the job's run seed."""
+    keys = ("coarse_size", "fine_size", "n_init")
+    return {**{k: config["hdnag"][k] for k in keys}, "seed": int(wildcards.seed)}
+
+
 def get_pmat_attention_params():
     """The preference network's cfg: config pmat.attention plus the protocol's cap."""
     return {
@@ -231,6 +237,8 @@ def get_patterns(history=None):
             "features": "results/features/{dataset}/{modality}.parquet",
             "rqkmeans_ids": rules.rqkmeans_ids.output.ids,
             "rqkmeans_quality": rules.rqkmeans_ids.output.quality,
+            "hkmeans_ids": rules.hkmeans_ids.output.ids,
+            "hkmeans_quality": rules.hkmeans_ids.output.quality,
             "pseudolabels": rules.pseudolabels.output.labels,
             "pmat_ids": rules.pmat_ids.output.ids,
             "pmat_assignment": rules.pmat_ids.output.assignment,
@@ -248,8 +256,19 @@ def get_patterns(history=None):
             "metrics": evaluate.output.metrics,
             "mcrl_id_space": rules.mcrl_id_space.output.summary,
             "mcrl_tsne": rules.mcrl_tsne.output.tsne,
+            "efficiency": rules.hdnag_efficiency.output.table,
+            "efficiency_sweep": rules.hdnag_efficiency.output.sweep,
         }.items()
     }
+
+
+def get_efficiency_inputs(wildcards):
+    """The dataset's tables and the seed's trained models that rule
+    hdnag_efficiency times: TIGER, SASRec, HDNAG and HDNAG single-level,
+    those the config runs on the dataset (inputs model_<method>)."""
+    return manifest.efficiency_inputs(
+        config, wildcards.dataset, wildcards.seed, get_patterns()
+    )
 
 
 def get_method_inputs(stage):
@@ -389,3 +408,25 @@ def get_final_outputs():
     ]
     others = [f"{get_report_dir(sl, h)}/README.md" for sl, h in REPORTS if h]
     return ["results/report/README.md", *others, *labels]
+
+
+# ---------------------------------------------------------------- cluster resources
+
+
+def get_cpus_per_task(wildcards, threads):
+    """SLURM's --cpus-per-task: the job's threads, so that --set-threads
+    changes both."""
+    return threads
+
+
+def get_gpus(wildcards):
+    """GPUs a job asks for (resource `gpu`, which the SLURM executor passes as
+    --gpus): none when features.device is cpu or when the job's method trains
+    no network (the floors), else one, which the job then uses (device auto
+    or cuda)."""
+    if config["features"]["device"] == "cpu":
+        return 0
+    method = wildcards.get("method")
+    if method is not None and not registry.get(method).iterative:
+        return 0
+    return 1

@@ -77,6 +77,10 @@ rule prepare_dataset:
         "benchmarks/prepare_dataset/{dataset}.tsv"
     conda:
         "../../envs/data.yaml"
+    resources:
+        mem_mb=16000,
+        runtime="2h",
+        cpus_per_task=get_cpus_per_task,
     params:
         spec=get_prepare_params,
         protocol=PROTOCOL,

@@ -19,6 +19,11 @@ rule evaluate:
     conda:
         "../../envs/train.yaml"
     threads: 2
+    resources:
+        mem_mb=16000,
+        runtime="4h",
+        cpus_per_task=get_cpus_per_task,
+        gpu=get_gpus,
     params:
         evaluation=config["evaluation"],
         protocol=PROTOCOL,

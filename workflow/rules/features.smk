@@ -15,8 +15,10 @@ rule text_features:
         "../../envs/features.yaml"
     threads: 2
     resources:
-        mem="4GB",
-        runtime="1h",
+        mem_mb=16000,
+        runtime="8h",
+        cpus_per_task=get_cpus_per_task,
+        gpu=get_gpus,
     params:
         text=config["features"]["text"],
         device=config["features"]["device"],
@@ -39,8 +41,10 @@ rule image_features:
         "../../envs/features.yaml"
     threads: 2
     resources:
-        mem="4GB",
-        runtime="2h",
+        mem_mb=16000,
+        runtime="8h",
+        cpus_per_task=get_cpus_per_task,
+        gpu=get_gpus,
     params:
         image=config["features"]["image"],
         device=config["features"]["device"],
@@ -61,6 +65,10 @@ rule behaviour_features:
         "benchmarks/behaviour_features/{dataset}.tsv"
     conda:
         "../../envs/tokenize.yaml"
+    resources:
+        mem_mb=8000,
+        runtime="1h",
+        cpus_per_task=get_cpus_per_task,
     params:
         behaviour=config["features"]["behaviour"],
     script:
@@ -80,6 +88,10 @@ rule external_features:
         "logs/external_features/{dataset}_{extra_modality}.log",
     conda:
         "../../envs/features.yaml"
+    resources:
+        mem_mb=8000,
+        runtime="30m",
+        cpus_per_task=get_cpus_per_task,
     params:
         extra=get_extra_modality,
     script:
@@ -100,6 +112,10 @@ rule reduce_features:
         modality="|".join(REDUCED_MODALITIES) or NEVER,
     conda:
         "../../envs/features.yaml"
+    resources:
+        mem_mb=8000,
+        runtime="1h",
+        cpus_per_task=get_cpus_per_task,
     params:
         reduce=config["features"]["reduce"],
     script:

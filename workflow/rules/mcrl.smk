@@ -18,6 +18,10 @@ rule mcrl_id_space:
     conda:
         "../../envs/train.yaml"
     threads: 2
+    resources:
+        mem_mb=8000,
+        runtime="1h",
+        cpus_per_task=get_cpus_per_task,
     params:
         modalities=get_modalities,
         cfg=config["mcrl"]["id_space"],
@@ -41,6 +45,10 @@ rule mcrl_tsne:
     conda:
         "../../envs/train.yaml"
     threads: 2
+    resources:
+        mem_mb=8000,
+        runtime="1h",
+        cpus_per_task=get_cpus_per_task,
     params:
         modalities=get_modalities,
         cfg=config["mcrl"]["id_space"],

@@ -26,8 +26,10 @@ rule pmat_attention:
         "../../envs/train.yaml"
     threads: 2
     resources:
-        mem="8GB",
-        runtime="2h",
+        mem_mb=16000,
+        runtime="4h",
+        cpus_per_task=get_cpus_per_task,
+        gpu=get_gpus,
     params:
         cfg=get_pmat_attention_params(),
         modalities=get_modalities,
@@ -59,8 +61,9 @@ rule pmat_ids:
         "../../envs/train.yaml"  # the preference network (torch) projects the features
     threads: 2
     resources:
-        mem="8GB",
+        mem_mb=8000,
         runtime="2h",
+        cpus_per_task=get_cpus_per_task,
     params:
         modalities=get_modalities,
         prototypes=config["pmat"]["prototypes"],
@@ -93,8 +96,9 @@ rule pmat_replay:
         "../../envs/train.yaml"
     threads: 2
     resources:
-        mem="8GB",
-        runtime="1h",
+        mem_mb=8000,
+        runtime="2h",
+        cpus_per_task=get_cpus_per_task,
     params:
         pmat=config["pmat"],
         history_cap=config["protocol"]["history_cap"],

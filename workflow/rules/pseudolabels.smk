@@ -15,6 +15,10 @@ rule pseudolabels:
     conda:
         "../../envs/tokenize.yaml"
     threads: 2
+    resources:
+        mem_mb=8000,
+        runtime="1h",
+        cpus_per_task=get_cpus_per_task,
     params:
         n_clusters=config["pseudolabels"]["n_clusters"],
     script:

@@ -18,6 +18,10 @@ rule rqkmeans_ids:
     conda:
         "../../envs/tokenize.yaml"
     threads: 2
+    resources:
+        mem_mb=8000,
+        runtime="2h",
+        cpus_per_task=get_cpus_per_task,
     params:
         tokenizer=get_tokenizer_params,
         weights=get_fusion_weights,

@@ -21,8 +21,10 @@ rule train:
         "../../envs/train.yaml"
     threads: 2
     resources:
-        mem="8GB",
-        runtime="4h",
+        mem_mb=16000,
+        runtime="24h",
+        cpus_per_task=get_cpus_per_task,
+        gpu=get_gpus,
     params:
         cfg=get_method_params,
         protocol=PROTOCOL,

@@ -14,4 +14,5 @@ train_method(
     inputs=dict(snakemake.input.items()),
     outputs=dict(snakemake.output.items()),
     params=dict(snakemake.params.items()),
+    gpus=int(snakemake.resources.get("gpu", 0)),
 )

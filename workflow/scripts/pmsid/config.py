@@ -62,6 +62,7 @@ def check_config(config: dict, known_users: Callable[[str], int | None] | None =
     _check_methods(config)
     _check_pmat(config, known_users)
     _check_mcrl(config)
+    _check_hdnag(config)
     ks = config["evaluation"]["ks"]
     if config["evaluation"]["beam_size"] < max(ks):
         raise ValueError(
@@ -212,6 +213,26 @@ def _check_mcrl(config: dict) -> None:
                 f"dataset_specs.{name}.modalities is {modalities}; L_inter contrasts two modalities of an "
                 "item: drop those ablations, set mcrl.b: 0, or remove the dataset from mcrl.datasets"
             )
+
+
+def _check_hdnag(config: dict) -> None:
+    hdnag = config["hdnag"]
+    for name in hdnag["datasets"]:
+        if name not in config["datasets"]:
+            raise ValueError(
+                f"config: hdnag.datasets lists '{name}', which is not in datasets {config['datasets']}; "
+                "add it there or remove it from hdnag.datasets"
+            )
+    if hdnag["fine_size"] < hdnag["coarse_size"]:
+        raise ValueError(
+            f"config: hdnag.fine_size ({hdnag['fine_size']}) must be >= hdnag.coarse_size ({hdnag['coarse_size']}): "
+            "every coarse cluster holds at least one fine cluster"
+        )
+    if hdnag["coarse_candidates"] > hdnag["coarse_size"]:
+        raise ValueError(
+            f"config: hdnag.coarse_candidates ({hdnag['coarse_candidates']}) exceeds hdnag.coarse_size "
+            f"({hdnag['coarse_size']}); at most every coarse ID can be recalled"
+        )
 
 
 def is_downloaded(config: dict, dataset: str) -> bool:

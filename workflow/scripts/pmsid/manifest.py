@@ -29,6 +29,8 @@ PATTERNS = (
     "features",  # extract / reduce features: {dataset}, {modality}
     "rqkmeans_ids",  # rqkmeans_ids: {dataset}, {seed}
     "rqkmeans_quality",
+    "hkmeans_ids",  # hkmeans_ids: {dataset}, {seed}
+    "hkmeans_quality",
     "pseudolabels",  # pseudolabels: {dataset}, {seed}, {modality}
     "pmat_ids",  # pmat_ids: {dataset}, {variant}, {seed}
     "pmat_assignment",
@@ -46,7 +48,11 @@ PATTERNS = (
     "metrics",
     "mcrl_id_space",  # mcrl_id_space / mcrl_tsne: {dataset}, {method}, {seed}
     "mcrl_tsne",
+    "efficiency",  # hdnag_efficiency: {dataset}, {seed}
+    "efficiency_sweep",
 )
+# The methods rule hdnag_efficiency times, where they run.
+EFFICIENCY_METHODS = ("tiger", "hdnag", "hdnag_single", "sasrec")
 MCRL_COMPONENTS = "loss_components.parquet"  # in an MCRL train job's extras folder
 
 # The named slices of the matrix: slice -> (the report sections whose runs it
@@ -54,11 +60,12 @@ MCRL_COMPONENTS = "loss_components.parquet"  # in an MCRL train job's extras fol
 # every table has them. The rest of a slice's jobs are what its runs need
 # (MCRL's stage-1 generator, for example); they run but get no rows.
 SLICES = {
-    "all": (("main", "pmat", "mcrl"), ("floor",)),
+    "all": (("main", "pmat", "mcrl", "hdnag"), ("floor",)),
     "main": (("main",), ("floor",)),
     "baselines": ((), ("floor", "baseline")),
     "pmat": (("pmat",), ("floor",)),
     "mcrl": (("mcrl",), ("floor",)),
+    "hdnag": (("hdnag",), ("floor",)),
 }
 
 
@@ -113,8 +120,8 @@ def need_inputs(config: dict, need: str, dataset: str, seed, patterns: dict) -> 
     """The named input files of one need (:data:`pmsid.methods.registry.NEEDS`),
     those of the run's ``seed``: a seed-s job reads the seed-s IDs and labels."""
     where = {"dataset": dataset, "seed": seed}
-    if need == "rqkmeans_ids":
-        return {"ids": patterns["rqkmeans_ids"].format(**where)}
+    if need in ("rqkmeans_ids", "hkmeans_ids"):
+        return {"ids": patterns[need].format(**where)}
     if need in ("pmat_global_tables", "pmat_personalized_tables", "pmat_oracle_tables"):
         variant = need.split("_")[1]
         return {
@@ -154,6 +161,21 @@ def method_inputs(config: dict, method: str, dataset: str, seed, stage: str, pat
     if stage == "evaluate":
         owner = spec.model_owner(config)
         files["model"] = patterns["model"].format(dataset=dataset, method=owner, seed=seed)
+    return files
+
+
+def efficiency_inputs(config: dict, dataset: str, seed, patterns: dict) -> dict[str, str]:
+    """Inputs of rule hdnag_efficiency: the dataset's tables and
+    ``model_<method>`` for each of :data:`EFFICIENCY_METHODS` that runs on ``dataset``."""
+    _check_patterns(patterns)
+    files = {
+        "interactions": patterns["interactions"].format(dataset=dataset),
+        "catalogue": patterns["catalogue"].format(dataset=dataset),
+    }
+    running = {m for d, m in registry.runs(config) if d == dataset}
+    for method in EFFICIENCY_METHODS:
+        if method in running:
+            files[f"model_{method}"] = patterns["model"].format(dataset=dataset, method=method, seed=seed)
     return files
 
 
@@ -238,6 +260,12 @@ def report_manifest(config: dict, patterns: dict, slice: str = "all") -> list[di
             add("dataset_images", patterns["images"].format(dataset=d), dataset=d)
         for s in seeds:
             add("quality", patterns["rqkmeans_quality"].format(dataset=d, seed=s), dataset=d, seed=s)
+    hdnag_datasets = [d for d in config["hdnag"]["datasets"] if "hdnag" in sections.get(d, ())]
+    for d in hdnag_datasets:
+        for s in seeds:
+            add("quality", patterns["hkmeans_quality"].format(dataset=d, seed=s), dataset=d, seed=s)
+            add("efficiency", patterns["efficiency"].format(dataset=d, seed=s), dataset=d, seed=s)
+            add("efficiency_sweep", patterns["efficiency_sweep"].format(dataset=d, seed=s), dataset=d, seed=s)
     pmat_datasets = [d for d in config["pmat"]["datasets"] if "pmat" in sections.get(d, ())]
     for d in pmat_datasets:
         for s in seeds:
@@ -290,4 +318,6 @@ def report_sections(config: dict, slice: str = "all") -> list[tuple[str, list[st
         sections.append(("PMAT", tables, ["pmat_weights", "pmat_semantic_consistency"]))
     if "mcrl" in present:
         sections.append(("MCRL", ["mcrl_ablation", "mcrl_id_space", "mcrl_cost"], ["mcrl_loss_curves", "mcrl_tsne"]))
+    if "hdnag" in present:
+        sections.append(("HDNAG", ["hdnag_ablation", "hdnag_efficiency", "hdnag_sweep"], ["hdnag_accuracy_latency"]))
     return sections

@@ -124,6 +124,42 @@ TRAIN_LOG = pa.schema(
     ]
 )
 
+# results/efficiency/{dataset}/seed{seed}/efficiency.parquet: one row per
+# retrieval method timed side by side (pmsid.methods.efficiency); NaN where
+# a measure does not apply (beam search scores no items; CPU peak memory).
+EFFICIENCY = pa.schema(
+    [pa.field("method", pa.string(), nullable=False)]
+    + [
+        pa.field(name, pa.float64())
+        for name in (
+            "batch1_ms_median",
+            "batch1_ms_p95",
+            "batched_users_per_s",
+            "decoder_passes_per_batch",
+            "items_scored_per_user",
+            "peak_memory_mb",
+            "Recall@10",
+            "NDCG@10",
+            "speedup_batch1",
+            "speedup_batched",
+        )
+    ]
+)
+
+# results/efficiency/{dataset}/seed{seed}/sweep.parquet: HDNAG's test accuracy
+# and batched time per setting of one retrieval knob (coarse_candidates or
+# candidate_budget).
+EFFICIENCY_SWEEP = pa.schema(
+    [
+        pa.field("knob", pa.string(), nullable=False),
+        pa.field("value", pa.int64(), nullable=False),
+        pa.field("ms_per_user", pa.float64(), nullable=False),
+        pa.field("candidates_per_user", pa.float64(), nullable=False),
+        pa.field("Recall@10", pa.float64(), nullable=False),
+        pa.field("NDCG@10", pa.float64(), nullable=False),
+    ]
+)
+
 
 def _check_schema(table: pa.Table, schema: pa.Schema, path: str | os.PathLike) -> None:
     got = {f.name: f.type for f in table.schema}

@@ -16,6 +16,7 @@ two functions (:mod:`pmsid.methods.run`):
 What a method needs upstream is named by *needs* (:data:`NEEDS`), which the
 workflow turns into input files (the run seed's files: every need but ``features``
 comes from a stage that runs once per seed): ``rqkmeans_ids`` (one ID table),
+``hkmeans_ids`` (HDNAG's hierarchical coarse / fine / dedup IDs),
 ``pmat_global_tables`` / ``pmat_personalized_tables`` / ``pmat_oracle_tables``
 (PMAT's ID tables from the mean, the learned or the planted weights, each
 user's table per split and each training prefix's table), ``pmat_replayed_tables`` (the tables
@@ -40,6 +41,7 @@ from pmsid.methods.mcrl import ABLATIONS as MCRL_ABLATIONS
 # The kinds of upstream files a method may need; anything else is a typo.
 NEEDS = (
     "rqkmeans_ids",
+    "hkmeans_ids",
     "pmat_global_tables",
     "pmat_personalized_tables",
     "pmat_oracle_tables",
@@ -182,6 +184,36 @@ def _mcrl_spec(ablation: str) -> MethodSpec:
     )
 
 
+# HDNAG's variants: config hdnag.ablations entry -> (method, label, options).
+HDNAG_ABLATIONS = {
+    "full": ("hdnag", "HDNAG (two-level NAR, two-stage retrieval)", {"levels": "two", "align": True}),
+    "no_align": ("hdnag_no_align", "HDNAG without the alignment loss", {"levels": "two", "align": False}),
+    "single_level": ("hdnag_single", "HDNAG single-level NAR (one pass)", {"levels": "single", "align": False}),
+}
+
+
+def _hdnag_spec(ablation: str) -> MethodSpec:
+    name, label, options = HDNAG_ABLATIONS[ablation]
+    return MethodSpec(
+        name=name,
+        label=label,
+        module="pmsid.methods.hdnag",
+        datasets=lambda config: list(config["hdnag"]["datasets"]) if ablation in config["hdnag"]["ablations"] else [],
+        sections=("main", "hdnag") if ablation == "full" else ("hdnag",),
+        role="ours",
+        hyper="hdnag",
+        hyper_skip=("datasets", "ablations", "efficiency"),
+        train_needs=_fixed("hkmeans_ids"),
+        rank_needs=_fixed("hkmeans_ids"),
+        options={"ablation": ablation, **options},
+        description={
+            "full": "hierarchical k-means IDs, coarse then fine tokens each in one parallel pass, top-c coarse recall",
+            "no_align": "as HDNAG with the alignment weight mu = 0",
+            "single_level": "as HDNAG with all three tokens in one pass, nothing conditioned on the coarse prediction",
+        }[ablation],
+    )
+
+
 _SPECS = [
     MethodSpec(
         name="mostpop",
@@ -211,8 +243,9 @@ _SPECS = [
         label="TIGER-style (RQ-KMeans IDs)",
         module="pmsid.methods.tiger",
         datasets=_listed("tiger"),
-        # In the PMAT table too: the baseline's global IDs beside PMAT's global fusion.
-        sections=("main", "pmat"),
+        # In the PMAT table too (the baseline's global IDs beside PMAT's global
+        # fusion) and HDNAG's (the autoregressive beam search it is tested against).
+        sections=("main", "pmat", "hdnag"),
         hyper="tiger",
         train_needs=_fixed("rqkmeans_ids"),
         rank_needs=_fixed("rqkmeans_ids"),
@@ -280,6 +313,7 @@ _SPECS = [
         description="personalized IDs plus drift-triggered updates of the user's preference",
     ),
     *(_mcrl_spec(ablation) for ablation in MCRL_ABLATIONS),
+    *(_hdnag_spec(ablation) for ablation in HDNAG_ABLATIONS),
 ]
 
 METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in _SPECS}

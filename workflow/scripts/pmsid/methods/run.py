@@ -6,12 +6,17 @@ registry (:mod:`pmsid.methods.registry`) says which module implements it.
 Evaluation is the same for every method: the module ranks, and
 :func:`pmsid.evaluate.ranking.evaluate_rankings` turns the lists into
 ``ranking.parquet``, ``per_user.parquet`` and ``metrics.parquet``.
+
+A training job given several GPUs runs in that many torchrun processes
+(:func:`pmsid.train.ddp.launch`); each runs the method's ``train``, and only
+rank 0's files are kept.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+import tempfile
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from pmsid.data import contracts
@@ -19,6 +24,7 @@ from pmsid.data.loaders import load_sequences
 from pmsid.data.sequences import Sequences
 from pmsid.evaluate.ranking import evaluate_rankings, list_length
 from pmsid.methods import registry
+from pmsid.train import ddp
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +75,14 @@ class RankJob:
     options: dict = field(default_factory=dict)
 
 
-def train_method(method: str, dataset: str, seed: int, inputs: dict, outputs: dict, params: dict) -> None:
-    """Train ``method`` on ``dataset`` for one seed (the generic ``train`` rule)."""
+def train_method(
+    method: str, dataset: str, seed: int, inputs: dict, outputs: dict, params: dict, gpus: int = 0
+) -> None:
+    """Train ``method`` on ``dataset`` for one seed (the generic ``train`` rule).
+
+    ``gpus`` > 1 (the rule's ``gpu`` resource) trains in that many processes
+    under DistributedDataParallel, ``cfg["batch_size"]`` staying the global batch.
+    """
     spec = registry.get(method)
     if not spec.trains:
         raise ValueError(f"method {method} has no training of its own; it ranks with another method's model")
@@ -90,8 +102,29 @@ def train_method(method: str, dataset: str, seed: int, inputs: dict, outputs: di
         deterministic=params["deterministic"],
         options=dict(spec.options),
     )
-    log.info("train %s on %s, seed %d", method, dataset, seed)
-    registry.implementation(method).train(job)
+    log.info("train %s on %s, seed %d%s", method, dataset, seed, f", {gpus} processes (DDP)" if gpus > 1 else "")
+    if gpus > 1:
+        ddp.launch(gpus, train_job, replace(job, inputs=_plain(job.inputs), outputs=_plain(job.outputs)))
+    else:
+        train_job(job)
+
+
+def train_job(job: TrainJob) -> None:
+    """Run the method's ``train``; a torchrun rank other than 0 writes its files to a scratch folder."""
+    if ddp.rank() == 0:
+        registry.implementation(job.method).train(job)
+        return
+    with tempfile.TemporaryDirectory(prefix=f"pmsid-rank{ddp.rank()}-") as scratch:
+        outputs = {key: str(Path(scratch, key, Path(path).name)) for key, path in job.outputs.items()}
+        for path in outputs.values():
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(outputs["extras"]).mkdir()
+        registry.implementation(job.method).train(replace(job, outputs=outputs))
+
+
+def _plain(files: dict) -> dict:
+    """Snakemake's file objects as str, lists of them as lists: picklable for the ranks."""
+    return {key: [str(f) for f in value] if isinstance(value, list) else str(value) for key, value in files.items()}
 
 
 def evaluate_method(method: str, dataset: str, seed: int, inputs: dict, outputs: dict, params: dict) -> None:

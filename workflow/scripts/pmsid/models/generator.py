@@ -124,20 +124,11 @@ class TigerGenerator(nn.Module):
         # One learned token per ID table, read in front of the history (table_token only).
         self.table_emb = nn.Embedding(self.n_tables, d_model) if table_token else None
         self.drop = nn.Dropout(dropout)
-        # Pre-LayerNorm blocks train stably without a long warmup; torch's
-        # layers run scaled-dot-product attention underneath.
-        enc_layer = nn.TransformerEncoderLayer(
-            d_model, n_heads, d_ff, dropout, activation="gelu", batch_first=True, norm_first=True
+        self.encoder, self.decoder = transformer_stacks(
+            d_model, n_heads, d_ff, dropout, n_encoder_layers, n_decoder_layers
         )
-        dec_layer = nn.TransformerDecoderLayer(
-            d_model, n_heads, d_ff, dropout, activation="gelu", batch_first=True, norm_first=True
-        )
-        self.encoder = nn.TransformerEncoder(
-            enc_layer, n_encoder_layers, norm=nn.LayerNorm(d_model), enable_nested_tensor=False
-        )
-        self.decoder = nn.TransformerDecoder(dec_layer, n_decoder_layers, norm=nn.LayerNorm(d_model))
         self.head = nn.Linear(d_model, vocab, bias=False)
-        self.apply(_init_weights)
+        self.apply(init_weights)
 
     # ------------------------------------------------------------------ tables
     def item_codes(self, items: torch.Tensor, table: int | torch.Tensor | None = None) -> torch.Tensor:
@@ -298,7 +289,26 @@ class TigerGenerator(nn.Module):
         return logp.gather(-1, tokens[..., None]).squeeze(-1).sum(dim=-1)
 
 
-def _init_weights(module: nn.Module) -> None:
+def transformer_stacks(
+    d_model: int, n_heads: int, d_ff: int, dropout: float, n_encoder_layers: int, n_decoder_layers: int
+) -> tuple[nn.TransformerEncoder, nn.TransformerDecoder]:
+    """The encoder and decoder stacks of the generators (this one and HDNAG's).
+
+    Pre-LayerNorm blocks train stably without a long warmup; torch's layers
+    run scaled-dot-product attention underneath.
+    """
+    enc_layer = nn.TransformerEncoderLayer(
+        d_model, n_heads, d_ff, dropout, activation="gelu", batch_first=True, norm_first=True
+    )
+    dec_layer = nn.TransformerDecoderLayer(
+        d_model, n_heads, d_ff, dropout, activation="gelu", batch_first=True, norm_first=True
+    )
+    encoder = nn.TransformerEncoder(enc_layer, n_encoder_layers, norm=nn.LayerNorm(d_model), enable_nested_tensor=False)
+    decoder = nn.TransformerDecoder(dec_layer, n_decoder_layers, norm=nn.LayerNorm(d_model))
+    return encoder, decoder
+
+
+def init_weights(module: nn.Module) -> None:
     # Small normal init (as in GPT-2 / nanoGPT): keeps early logits near uniform.
     if isinstance(module, (nn.Linear, nn.Embedding)):
         nn.init.normal_(module.weight, mean=0.0, std=0.02)

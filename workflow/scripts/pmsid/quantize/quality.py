@@ -7,6 +7,10 @@ generator is trained on it.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+from numbers import Integral
+
 import numpy as np
 import pandas as pd
 from scipy.stats import entropy
@@ -14,10 +18,14 @@ from scipy.stats import entropy
 WHOLE_ID = -1  # the ``level`` of metrics about the whole ID, as in the ID_QUALITY contract
 
 
-def id_quality(codes_before_dedup: np.ndarray, codes_with_dedup: np.ndarray, codebook_size: int) -> pd.DataFrame:
+def id_quality(
+    codes_before_dedup: np.ndarray, codes_with_dedup: np.ndarray, codebook_size: int | Sequence[int]
+) -> pd.DataFrame:
     """ID-quality table in the ID_QUALITY long form: columns metric, level, value.
 
-    With N items, L levels, K = ``codebook_size`` codes per level, c_l the
+    With N items, L levels, K = ``codebook_size`` codes per level (or K_l at
+    level l when ``codebook_size`` lists one size per level, as HDNAG's
+    coarse and fine codebooks), c_l the
     level-l token and "ID" the L-token prefix (before the dedup token):
 
     - ``collision_rate`` (level -1): fraction of items whose ID is shared
@@ -32,7 +40,7 @@ def id_quality(codes_before_dedup: np.ndarray, codes_with_dedup: np.ndarray, cod
       fraction of items with c_l = k and H(p) = -sum_k p(k) log p(k); 1.0
       when all K codes are used equally often, 0.0 when one code takes all.
     - ``prefix_utilization`` (level l): distinct prefixes (c_0, ..., c_l) /
-      min(N, K^(l+1)), the share of the prefixes that could possibly be told
+      min(N, K_0 K_1 ... K_l), the share of the prefixes that could possibly be told
       apart; 1.0 at the last level means no collisions.
     """
     before = np.asarray(codes_before_dedup, dtype=np.int64)
@@ -48,8 +56,12 @@ def id_quality(codes_before_dedup: np.ndarray, codes_with_dedup: np.ndarray, cod
         raise ValueError(
             "codes_with_dedup does not start with codes_before_dedup; pass the same IDs before and after dedup"
         )
-    if codebook_size < 2:
-        raise ValueError(f"codebook_size must be >= 2 (normalized entropy divides by log K); got {codebook_size}")
+    sizes = [codebook_size] * levels if isinstance(codebook_size, Integral) else [int(k) for k in codebook_size]
+    if len(sizes) != levels or min(sizes) < 2:
+        raise ValueError(
+            f"codebook_size must be >= 2 (normalized entropy divides by log K), one int or one per level "
+            f"({levels}); got {codebook_size}"
+        )
 
     rows = []
     _, group_of_item, group_sizes = np.unique(before, axis=0, return_inverse=True, return_counts=True)
@@ -61,12 +73,12 @@ def id_quality(codes_before_dedup: np.ndarray, codes_with_dedup: np.ndarray, cod
 
     for level in range(levels):
         counts = np.unique(before[:, level], return_counts=True)[1]
-        rows.append(("utilization", level, len(counts) / codebook_size))
-        rows.append(("normalized_entropy", level, float(entropy(counts) / np.log(codebook_size))))
+        rows.append(("utilization", level, len(counts) / sizes[level]))
+        rows.append(("normalized_entropy", level, float(entropy(counts) / np.log(sizes[level]))))
     for level in range(levels):
         n_prefixes = len(np.unique(before[:, : level + 1], axis=0))
-        # Python int: K^(l+1) overflows int64 for long IDs with large codebooks.
-        reachable = min(n_items, codebook_size ** (level + 1))
+        # Python ints: K^(l+1) overflows int64 for long IDs with large codebooks.
+        reachable = min(n_items, math.prod(sizes[: level + 1]))
         rows.append(("prefix_utilization", level, n_prefixes / reachable))
 
     frame = pd.DataFrame(rows, columns=["metric", "level", "value"])

@@ -9,7 +9,7 @@ import logging
 import os
 from pathlib import Path
 
-from pmsid.report import datasets, decoding, figures, mcrl, pmat, tables, training
+from pmsid.report import datasets, decoding, figures, hdnag, mcrl, pmat, tables, training
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +182,17 @@ def build_report(
         written += mcrl_written
         sections += mcrl_sections
         figure_captions.update(mcrl_figures)
+    efficiency_paths = select(manifest, "efficiency")
+    if efficiency_paths:
+        hdnag_rows = tables.SectionRows.from_manifest(manifest, "hdnag")
+        hdnag_written, hdnag_sections, hdnag_figures = hdnag.write_hdnag_report(
+            tables.collect_runs(select(manifest, "metrics", "hdnag"), exclude_history=exclude_history),
+            select(manifest, "per_user", "hdnag"), efficiency_paths, select(manifest, "efficiency_sweep"),
+            out=out, exclude_history=exclude_history, rows=hdnag_rows, metrics=metrics, alpha=alpha, header=header,
+        )  # fmt: skip
+        written += hdnag_written
+        sections += hdnag_sections
+        figure_captions.update(hdnag_figures)
 
     readme = _readme(
         sections=sections,

@@ -679,7 +679,9 @@ ID_QUALITY_CAPTION = (
     f"Semantic-ID quality per dataset and tokenizer, one tokenizer per seed: mean {PM} sample standard "
     "deviation over the seeds (std shown with more than one seed; 'seeds' gives their number) of the collision "
     "rate and ID uniqueness before the dedup token, uniqueness after it, the largest dedup index, and per level "
-    "(L0 = coarsest) the codebook utilization and normalized entropy of code usage."
+    "(L0 = coarsest) the codebook utilization and normalized entropy of code usage. rqkmeans: residual levels "
+    "of one codebook size each; hkmeans (HDNAG): L0 the coarse clusters, L1 the fine clusters nested in them, "
+    "each level against its own codebook size."
 )
 
 

@@ -190,7 +190,7 @@ def start(model_path, seed, cfg, device) -> torch.device:
 
 def fit(
     model, seqs, cfg, validate, checkpoint_path, run_key, seed, name, mode="prefix", user_tables=None,
-    prefix_tables=None,
+    prefix_tables=None, loss=None,
 ):  # fmt: skip
     """Run the shared loop on the training targets of ``seqs``.
 
@@ -199,8 +199,9 @@ def fit(
     table when ``prefix_tables (S,)`` (one per row) or ``user_tables (U,)``
     (the row's user's) is given (TIGER); "sequence": one row
     per causal window (``pmsid.data.sequences.training_windows``),
-    ``model.sequence_loss(inputs, targets)``. The loop shuffles and batches
-    rows, so either way the batch order depends only on ``(seed, epoch)`` and
+    ``model.sequence_loss(inputs, targets)``. ``loss(model, batch)``, when
+    given, replaces either (HDNAG passes its alignment weight so). The loop
+    shuffles and batches rows, so either way the batch order depends only on ``(seed, epoch)`` and
     resuming stays exact.
     """
     n_params = sum(p.numel() for p in model.parameters())
@@ -221,7 +222,7 @@ def fit(
         data += (torch.from_numpy(rows),)  # (S,) the ID table of each row
     return train_loop(
         model,
-        loss_fn,
+        loss or loss_fn,
         data,
         validate,
         LoopConfig.from_cfg(cfg),
