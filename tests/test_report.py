@@ -319,6 +319,45 @@ def test_the_reference_is_the_best_baseline_per_metric(tmp_path):
         tables.significance(paths, ["sasrec"])
 
 
+def test_significance_matches_scipy_on_built_per_user_scores(tmp_path):
+    """The table's numbers recomputed by hand: NDCG@10 per user from the ranks, the mean over seeds,
+    scipy's Wilcoxon (zero_method wilcox) and paired t-test, Holm over the two comparisons, a t interval."""
+    from scipy import stats
+
+    rng = np.random.default_rng(3)
+    n, seeds = 120, (0, 1, 2)
+    ranks = {m: {s: rng.choice([*range(1, 31), np.nan], size=n) for s in seeds} for m in ("base", "m1", "m2")}
+    ranks["m1"] = {s: np.where(rng.random(n) < 0.3, 1.0, r) for s, r in ranks["m1"].items()}  # m1 is better
+    paths = []
+    for model, by_seed in ranks.items():
+        for seed, r in by_seed.items():
+            path = tmp_path / f"results/evaluate/d/{model}/seed{seed}/per_user.parquet"
+            write_per_user(path, r)
+            paths.append(str(path))
+
+    def ndcg(r):  # by hand: 1 / log2(rank + 1) inside the top 10, else 0 (a null rank is a miss)
+        return np.where(np.nan_to_num(r, nan=99) <= 10, 1 / np.log2(np.nan_to_num(r, nan=99) + 1), 0.0)
+
+    per_user = {m: np.mean([ndcg(r) for r in by_seed.values()], axis=0) for m, by_seed in ranks.items()}
+    sig = tables.significance(paths, ["base"], metrics=["NDCG@10"]).set_index("model")
+    raw = {}
+    for model in ("m1", "m2"):
+        diff = per_user[model] - per_user["base"]
+        row = sig.loc[model]
+        raw[model] = stats.wilcoxon(diff, zero_method="wilcox").pvalue
+        assert row["wilcoxon_p"] == pytest.approx(raw[model], rel=1e-12)
+        assert row["ttest_p"] == pytest.approx(stats.ttest_rel(per_user[model], per_user["base"]).pvalue, rel=1e-12)
+        half = stats.t.ppf(0.975, n - 1) * diff.std(ddof=1) / np.sqrt(n)
+        assert (row["ci95_low"], row["delta"], row["ci95_high"]) == pytest.approx(
+            (diff.mean() - half, diff.mean(), diff.mean() + half), rel=1e-9
+        )
+    # Holm over two: the smaller p doubled, the larger one at least that and itself.
+    small, large = sorted(raw, key=raw.get)
+    assert sig.loc[small, "wilcoxon_p_holm"] == pytest.approx(min(1, 2 * raw[small]))
+    assert sig.loc[large, "wilcoxon_p_holm"] == pytest.approx(min(1, max(2 * raw[small], raw[large])))
+    assert sig.loc["m1", "significant"] and sig.loc["m1", "delta"] > 0
+
+
 def test_one_seed_gives_a_delta_but_no_test(tmp_path):
     paths = write_runs(tmp_path, {"base": [np.nan] * 30, "m": [1.0] * 30}, seeds=(0,))
     row = tables.significance(paths, ["base"], metrics=["NDCG@10"]).iloc[0]
