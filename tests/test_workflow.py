@@ -249,7 +249,11 @@ def test_both_history_protocols_give_two_whole_reports(finished_run, tmp_path):
     assert len(main) == len(pd.read_csv(finished_run / "results" / "report" / "main_comparison.csv"))
     # Every ranking of the other protocol leaves out each user's history (all items before the target).
     interactions = pd.read_parquet(finished_run / "results" / "data" / "synthetic" / "interactions.parquet")
-    for method in ["mostpop", "sasrec", "tiger", "pmat_full", "mcrl_all"]:
+    # HDNAG's retrieval cost measured again under this protocol, not mixed in from the main one.
+    cost = finished_run / "results" / "efficiency" / "synthetic" / "seed0" / "history_excluded" / "efficiency.parquet"
+    assert pd.read_parquet(cost)["method"].tolist()[:2] == ["tiger", "hdnag"]
+    assert (other / "hdnag_efficiency.csv").exists()
+    for method in ["mostpop", "sasrec", "tiger", "pmat_full", "mcrl_all", "hdnag"]:
         ranking = pd.read_parquet(
             finished_run
             / "results"

@@ -73,6 +73,7 @@ def release_config(mirror: dict, base: str) -> dict:
         "dataset_specs": specs,
         "pmat": {"datasets": []},
         "mcrl": {"datasets": []},
+        "hdnag": {"datasets": []},
         "downloads": {"checksums": "checksums.tsv", "retries": 2, "backoff_s": 0.1, "image_workers": 4},
         "features": {"reduce": {"modalities": ["text"], "dim": 4, "method": "pca"}},
         "pseudolabels": {"n_clusters": 3},
@@ -178,6 +179,7 @@ def test_a_source_that_is_down_names_the_url_and_the_manual_path(tmp_path):
             "dataset_specs": {"games-2018": {"base_url": f"{server.base}/amazon2018/"}},
             "pmat": {"datasets": []},
             "mcrl": {"datasets": []},
+            "hdnag": {"datasets": []},
             "downloads": {"checksums": "checksums.tsv", "retries": 1, "backoff_s": 0},
         }
         (tmp_path / "down.yaml").write_text(yaml.safe_dump(override))

@@ -225,8 +225,12 @@ def get_pseudolabel_inputs(wildcards):
 def get_patterns(history=None):
     """The output path patterns pmsid.manifest builds inputs from (each path
     is written once, in the rule that makes it); with `history` (the other
-    protocol's folder), the evaluation files are those of that protocol."""
+    protocol's folder), the evaluation and retrieval-cost files are those of
+    that protocol."""
     evaluate = rules.evaluate_other_history if history else rules.evaluate
+    efficiency = (
+        rules.hdnag_efficiency_other_history if history else rules.hdnag_efficiency
+    )
     return {
         name: str(pattern)
         for name, pattern in {
@@ -256,8 +260,8 @@ def get_patterns(history=None):
             "metrics": evaluate.output.metrics,
             "mcrl_id_space": rules.mcrl_id_space.output.summary,
             "mcrl_tsne": rules.mcrl_tsne.output.tsne,
-            "efficiency": rules.hdnag_efficiency.output.table,
-            "efficiency_sweep": rules.hdnag_efficiency.output.sweep,
+            "efficiency": efficiency.output.table,
+            "efficiency_sweep": efficiency.output.sweep,
         }.items()
     }
 

@@ -62,3 +62,23 @@ rule hdnag_efficiency:
         device=config["features"]["device"],
     script:
         "../scripts/hdnag_efficiency.py"
+
+
+# The same measurement under the other history switch (protocol.
+# report_both_histories), for that protocol's report: a table never mixes
+# protocols.
+use rule hdnag_efficiency as hdnag_efficiency_other_history with:
+    output:
+        table=f"results/efficiency/{{dataset}}/seed{{seed}}/{manifest.other_history(config)}/efficiency.parquet",
+        sweep=f"results/efficiency/{{dataset}}/seed{{seed}}/{manifest.other_history(config)}/sweep.parquet",
+    log:
+        f"logs/hdnag_efficiency/{{dataset}}_seed{{seed}}_{manifest.other_history(config)}.log",
+    params:
+        efficiency=config["hdnag"]["efficiency"],
+        evaluation=config["evaluation"],
+        protocol={
+            **PROTOCOL,
+            "exclude_history": not PROTOCOL["exclude_history"],
+        },
+        batch_size=config["hdnag"]["eval_batch_size"],
+        device=config["features"]["device"],

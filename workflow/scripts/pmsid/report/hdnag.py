@@ -31,7 +31,10 @@ from pmsid.report.figures import _save  # noqa: E402
 from pmsid.report.tables import PM  # noqa: E402
 
 REFERENCE = "tiger"  # the autoregressive beam search every HDNAG row is tested against
-_PATH = re.compile(r"(?:^|/)results/efficiency/(?P<dataset>[^/]+)/seed(?P<seed>\d+)/(?P<file>[^/]+)\.parquet$")
+_PATH = re.compile(
+    r"(?:^|/)results/efficiency/(?P<dataset>[^/]+)/seed(?P<seed>\d+)/(?:history_(?:excluded|included)/)?"
+    r"(?P<file>[^/]+)\.parquet$"
+)
 METRICS = [*tables.ABLATION_METRICS, "exhaustive_NDCG@10"]
 EFFICIENCY_LABELS = {
     "tiger": "TIGER-style beam search (autoregressive, trie-constrained)",
